@@ -1,0 +1,168 @@
+//! The one error type of the suite, and the one place that maps it to CNI error codes.
+
+use serde::Serialize;
+use serde_json::Value;
+
+/// Well-known CNI error codes (spec section "Error").
+pub mod code {
+    pub const INCOMPATIBLE_VERSION: u32 = 1;
+    pub const UNSUPPORTED_FIELD: u32 = 2;
+    pub const UNKNOWN_CONTAINER: u32 = 3;
+    pub const INVALID_ENV: u32 = 4;
+    pub const IO_FAILURE: u32 = 5;
+    pub const DECODING_FAILURE: u32 = 6;
+    pub const INVALID_CONFIG: u32 = 7;
+    pub const TRY_AGAIN_LATER: u32 = 11;
+    pub const NOT_AVAILABLE: u32 = 50;
+    pub const LIMITED_CONNECTIVITY: u32 = 51;
+    // Ours (100+): what failed, so an operator knows where to look.
+    pub const NETLINK: u32 = 100;
+    pub const NETNS: u32 = 101;
+    pub const SYSCTL: u32 = 102;
+    pub const DELEGATE: u32 = 103;
+    pub const CHECK_FAILED: u32 = 104;
+    pub const INTERNAL: u32 = 105;
+    pub const NFTABLES: u32 = 106;
+    pub const ADDRESS_EXHAUSTED: u32 = 107;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CniError {
+    #[error("incompatible CNI version: {0}")]
+    IncompatibleVersion(String),
+    #[error("unsupported field in network configuration: {0}")]
+    UnsupportedField(String),
+    #[error("container unknown or does not exist: {0}")]
+    UnknownContainer(String),
+    #[error("invalid environment variable: {0}")]
+    InvalidEnv(String),
+    #[error("I/O failure: {0}")]
+    Io(String),
+    #[error("failed to decode content: {0}")]
+    Decode(String),
+    #[error("invalid network configuration: {0}")]
+    InvalidConfig(String),
+    #[error("try again later: {0}")]
+    TryAgainLater(String),
+    #[error("plugin not available: {0}")]
+    NotAvailable(String),
+    #[error("network namespace {0} does not exist")]
+    NetnsMissing(String),
+    #[error("network namespace: {0}")]
+    Netns(String),
+    #[error("netlink: {0}")]
+    Netlink(String),
+    #[error("sysctl {key}: {msg}")]
+    Sysctl { key: String, msg: String },
+    #[error("nftables: {0}")]
+    Nftables(String),
+    #[error("check failed: {0}")]
+    CheckFailed(String),
+    #[error("no free address: {0}")]
+    AddressExhausted(String),
+    /// An error a delegated plugin (IPAM) reported: its code and message are passed on as they are.
+    #[error("{msg}")]
+    Delegated {
+        code: u32,
+        msg: String,
+        details: String,
+    },
+    #[error("{0}")]
+    Delegate(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl CniError {
+    pub fn code(&self) -> u32 {
+        use CniError::*;
+        match self {
+            IncompatibleVersion(_) => code::INCOMPATIBLE_VERSION,
+            UnsupportedField(_) => code::UNSUPPORTED_FIELD,
+            UnknownContainer(_) | NetnsMissing(_) => code::UNKNOWN_CONTAINER,
+            InvalidEnv(_) => code::INVALID_ENV,
+            Io(_) => code::IO_FAILURE,
+            Decode(_) => code::DECODING_FAILURE,
+            InvalidConfig(_) => code::INVALID_CONFIG,
+            TryAgainLater(_) => code::TRY_AGAIN_LATER,
+            NotAvailable(_) => code::NOT_AVAILABLE,
+            Netns(_) => code::NETNS,
+            Netlink(_) => code::NETLINK,
+            Sysctl { .. } => code::SYSCTL,
+            Nftables(_) => code::NFTABLES,
+            CheckFailed(_) => code::CHECK_FAILED,
+            AddressExhausted(_) => code::ADDRESS_EXHAUSTED,
+            Delegated { code, .. } => *code,
+            Delegate(_) => code::DELEGATE,
+            Internal(_) => code::INTERNAL,
+        }
+    }
+
+    fn details(&self) -> String {
+        match self {
+            CniError::Delegated { details, .. } => details.clone(),
+            _ => String::new(),
+        }
+    }
+
+    /// The spec's error object, as written to stdout.
+    pub fn to_json(&self, cni_version: &str) -> Value {
+        #[derive(Serialize)]
+        struct Reply<'a> {
+            #[serde(rename = "cniVersion")]
+            cni_version: &'a str,
+            code: u32,
+            msg: String,
+            #[serde(skip_serializing_if = "String::is_empty")]
+            details: String,
+        }
+        serde_json::to_value(Reply {
+            cni_version,
+            code: self.code(),
+            msg: self.to_string(),
+            details: self.details(),
+        })
+        .unwrap_or(Value::Null)
+    }
+
+    /// A netlink error with what we were doing, so the message says more than "File exists".
+    pub fn netlink(what: impl std::fmt::Display, err: impl std::fmt::Display) -> Self {
+        CniError::Netlink(format!("{what}: {err}"))
+    }
+}
+
+impl From<std::io::Error> for CniError {
+    fn from(e: std::io::Error) -> Self {
+        CniError::Io(e.to_string())
+    }
+}
+
+pub type Result<T, E = CniError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_json_has_code_and_message() {
+        let e = CniError::InvalidConfig("bad subnet".into());
+        let v = e.to_json("1.0.0");
+        assert_eq!(v["code"], 7);
+        assert_eq!(v["cniVersion"], "1.0.0");
+        assert!(v["msg"].as_str().unwrap().contains("bad subnet"));
+        assert!(v.get("details").is_none());
+    }
+
+    #[test]
+    fn delegated_error_keeps_its_code_and_details() {
+        let e = CniError::Delegated {
+            code: 11,
+            msg: "busy".into(),
+            details: "lock".into(),
+        };
+        let v = e.to_json("1.1.0");
+        assert_eq!(v["code"], 11);
+        assert_eq!(v["msg"], "busy");
+        assert_eq!(v["details"], "lock");
+    }
+}

@@ -1,0 +1,107 @@
+//! IPAM delegation: run the `ipam.type` plugin from CNI_PATH with our env and stdin, as the spec says.
+
+use crate::error::{CniError, Result};
+use crate::invocation::{Command, Invocation};
+use crate::types::CniResult;
+use serde::Deserialize;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command as Process, Stdio};
+
+fn ipam_type(inv: &Invocation) -> Result<&str> {
+    let kind = inv
+        .config
+        .net
+        .ipam
+        .as_ref()
+        .map(|i| i.kind.as_str())
+        .unwrap_or("");
+    if kind.is_empty() {
+        return Err(CniError::InvalidConfig("ipam.type is required".into()));
+    }
+    if kind.contains('/') || kind == "." || kind == ".." {
+        return Err(CniError::InvalidConfig(format!(
+            "ipam.type {kind:?} must be a plugin name, not a path"
+        )));
+    }
+    Ok(kind)
+}
+
+/// Find a plugin binary in CNI_PATH.
+pub fn find_plugin(inv: &Invocation, name: &str) -> Result<PathBuf> {
+    inv.path
+        .iter()
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            CniError::InvalidConfig(format!(
+                "plugin {name:?} not found in CNI_PATH {:?}",
+                inv.path
+            ))
+        })
+}
+
+/// Run the IPAM plugin for `command` with the config we were given. Returns its result for ADD.
+pub fn exec(inv: &Invocation, command: Command) -> Result<Option<CniResult>> {
+    let kind = ipam_type(inv)?;
+    let bin = find_plugin(inv, kind)?;
+    let mut child = Process::new(&bin)
+        .env("CNI_COMMAND", command.as_str())
+        .env("CNI_CONTAINERID", &inv.container_id)
+        .env("CNI_NETNS", &inv.netns)
+        .env("CNI_IFNAME", &inv.ifname)
+        .env(
+            "CNI_PATH",
+            std::env::join_paths(&inv.path).unwrap_or_default(),
+        )
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| CniError::Delegate(format!("running IPAM plugin {}: {e}", bin.display())))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        // A plugin that exits without reading gives EPIPE: its exit status says what happened.
+        let _ = stdin.write_all(inv.config.raw());
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| CniError::Delegate(format!("waiting for IPAM plugin {kind}: {e}")))?;
+    if !out.status.success() {
+        return Err(delegated_error(kind, &out.stdout, out.status));
+    }
+    if command != Command::Add {
+        return Ok(None);
+    }
+    let value: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| {
+        CniError::Delegate(format!("IPAM plugin {kind} returned no valid result: {e}"))
+    })?;
+    CniResult::from_value(&value).map(Some)
+}
+
+fn delegated_error(kind: &str, stdout: &[u8], status: std::process::ExitStatus) -> CniError {
+    #[derive(Deserialize)]
+    struct Reply {
+        code: u32,
+        #[serde(default)]
+        msg: String,
+        #[serde(default)]
+        details: String,
+    }
+    match serde_json::from_slice::<Reply>(stdout) {
+        Ok(r) => CniError::Delegated {
+            code: r.code,
+            msg: format!("IPAM {kind}: {}", r.msg),
+            details: r.details,
+        },
+        Err(_) => CniError::Delegate(format!(
+            "IPAM plugin {kind} failed ({status}) without a CNI error"
+        )),
+    }
+}
+
+/// Release the addresses of this attachment after a failed ADD; the original error is what matters.
+pub fn rollback(inv: &Invocation) {
+    if let Err(e) = exec(inv, Command::Del) {
+        log::warn!("rolling back IPAM allocation: {e}");
+    }
+}

@@ -1,0 +1,22 @@
+//! The shared library of the cni-chain plugins: the CNI protocol and types, errors, netns entry,
+//! netlink, sysctl, IPAM delegation, names and the point-to-point veth that several plugins build.
+
+pub mod conf;
+pub mod error;
+pub mod invocation;
+pub mod ipam;
+pub mod linkgroup;
+pub mod logging;
+pub mod names;
+pub mod netlink;
+pub mod netns;
+pub mod p2p;
+pub mod plugin;
+pub mod sysctl;
+pub mod types;
+pub mod version;
+
+pub use error::{CniError, Result};
+pub use invocation::{Command, Invocation};
+pub use plugin::{run, Plugin};
+pub use types::CniResult;

@@ -1,0 +1,538 @@
+//! Everything we say to the kernel over rtnetlink, in one module.
+//!
+//! One tokio `current_thread` runtime per process drives every socket; a socket acts in the netns of
+//! the thread that opened it, so `connect_in` enters the target netns only for the `socket()` call
+//! and all later requests run from the plugin's own thread and netns.
+
+use crate::error::{CniError, Result};
+use crate::netns::Netns;
+use futures::StreamExt;
+use ipnetwork::IpNetwork;
+use netlink_packet_core::{
+    NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_REQUEST,
+};
+use netlink_packet_route::address::{
+    AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage,
+};
+use netlink_packet_route::link::{InfoData, InfoVeth, LinkAttribute, LinkInfo, LinkMessage};
+use netlink_packet_route::neighbour::{NeighbourFlags, NeighbourState};
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
+};
+use netlink_packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
+use std::future::Future;
+use std::net::IpAddr;
+use std::os::fd::AsRawFd;
+
+const ENOENT: i32 = 2;
+const ESRCH: i32 = 3;
+const ENODEV: i32 = 19;
+const EADDRNOTAVAIL: i32 = 99;
+/// Dumps interrupted by a concurrent change (NLM_F_DUMP_INTR) are retried this often.
+const DUMP_TRIES: usize = 5;
+
+/// The errno a netlink request failed with, if it was a kernel NACK.
+pub fn errno(e: &rtnetlink::Error) -> Option<i32> {
+    match e {
+        rtnetlink::Error::NetlinkError(m) => m.code.map(|c| -c.get()),
+        _ => None,
+    }
+}
+
+fn is_gone(e: &rtnetlink::Error) -> bool {
+    matches!(errno(e), Some(ENODEV | ENOENT | ESRCH | EADDRNOTAVAIL))
+}
+
+fn nl_err(what: impl std::fmt::Display) -> impl FnOnce(rtnetlink::Error) -> CniError {
+    move |e| match e {
+        rtnetlink::Error::NetlinkError(m) if m.code.is_some() => CniError::netlink(what, m.to_io()),
+        other => CniError::netlink(what, other),
+    }
+}
+
+/// The runtime that drives our netlink sockets.
+pub struct Rtnl {
+    rt: tokio::runtime::Runtime,
+}
+
+impl Rtnl {
+    pub fn new() -> Result<Self> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+            .map_err(|e| CniError::Internal(format!("tokio runtime: {e}")))?;
+        Ok(Rtnl { rt })
+    }
+
+    /// A socket in the calling thread's current netns.
+    pub fn connect(&self) -> Result<Handle> {
+        let _ctx = self.rt.enter();
+        let (conn, handle, _) =
+            rtnetlink::new_connection().map_err(|e| CniError::Netlink(format!("socket: {e}")))?;
+        self.rt.spawn(conn);
+        Ok(handle)
+    }
+
+    /// A socket that acts inside `ns` (entered only while the socket is created).
+    pub fn connect_in(&self, ns: &Netns) -> Result<Handle> {
+        let _guard = ns.enter()?;
+        self.connect()
+    }
+
+    pub fn block_on<F: Future>(&self, f: F) -> F::Output {
+        self.rt.block_on(f)
+    }
+}
+
+/// A network interface, as much of it as we use.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Link {
+    pub index: u32,
+    pub name: String,
+    pub mac: Vec<u8>,
+    pub mtu: u32,
+    pub group: u32,
+    pub alias: Option<String>,
+    pub kind: Option<String>,
+    pub up: bool,
+}
+
+impl Link {
+    fn from_message(m: &LinkMessage) -> Self {
+        let mut link = Link {
+            index: m.header.index,
+            up: m
+                .header
+                .flags
+                .contains(netlink_packet_route::link::LinkFlags::Up),
+            ..Default::default()
+        };
+        for attr in &m.attributes {
+            match attr {
+                LinkAttribute::IfName(n) => link.name = n.clone(),
+                LinkAttribute::Address(a) => link.mac = a.clone(),
+                LinkAttribute::Mtu(v) => link.mtu = *v,
+                LinkAttribute::Group(g) => link.group = *g,
+                LinkAttribute::IfAlias(a) => link.alias = Some(a.clone()),
+                LinkAttribute::LinkInfo(infos) => {
+                    for i in infos {
+                        if let LinkInfo::Kind(k) = i {
+                            link.kind = Some(k.to_string());
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        link
+    }
+
+    pub fn mac_string(&self) -> String {
+        format_mac(&self.mac)
+    }
+
+    pub fn is_veth(&self) -> bool {
+        self.kind.as_deref() == Some("veth")
+    }
+}
+
+pub fn format_mac(mac: &[u8]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// Run a dump, retrying when the kernel says it was interrupted by a concurrent change.
+async fn dump(handle: &Handle, request: RouteNetlinkMessage) -> Result<Vec<RouteNetlinkMessage>> {
+    'retry: for _ in 0..DUMP_TRIES {
+        let mut req = NetlinkMessage::from(request.clone());
+        req.header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+        let mut responses = handle
+            .clone()
+            .request(req)
+            .map_err(nl_err("dump request"))?;
+        let mut out = Vec::new();
+        let mut interrupted = false;
+        while let Some(msg) = responses.next().await {
+            interrupted |= msg.header.flags & NLM_F_DUMP_INTR != 0;
+            match msg.payload {
+                NetlinkPayload::InnerMessage(m) => out.push(m),
+                NetlinkPayload::Error(e) if e.code.is_some() => {
+                    return Err(CniError::netlink("dump", e.to_io()))
+                }
+                _ => {}
+            }
+        }
+        if interrupted {
+            continue 'retry;
+        }
+        return Ok(out);
+    }
+    Err(CniError::TryAgainLater(
+        "netlink dump kept being interrupted by concurrent changes".into(),
+    ))
+}
+
+pub async fn link_by_name(handle: &Handle, name: &str) -> Result<Option<Link>> {
+    let mut stream = handle.link().get().match_name(name.to_string()).execute();
+    match stream.next().await {
+        Some(Ok(m)) => Ok(Some(Link::from_message(&m))),
+        Some(Err(e)) if is_gone(&e) => Ok(None),
+        Some(Err(e)) => Err(nl_err(format!("looking up link {name}"))(e)),
+        None => Ok(None),
+    }
+}
+
+pub async fn links(handle: &Handle) -> Result<Vec<Link>> {
+    let msgs = dump(handle, RouteNetlinkMessage::GetLink(LinkMessage::default())).await?;
+    Ok(msgs
+        .iter()
+        .filter_map(|m| match m {
+            RouteNetlinkMessage::NewLink(l) => Some(Link::from_message(l)),
+            _ => None,
+        })
+        .collect())
+}
+
+/// A veth pair: `host_name` stays in the socket's netns, `peer_name` is created straight inside `peer_ns`.
+pub struct VethSpec<'a> {
+    pub host_name: &'a str,
+    pub peer_name: &'a str,
+    pub peer_ns: &'a Netns,
+    pub mtu: Option<u32>,
+    pub host_group: Option<u32>,
+}
+
+/// Create the pair with MTU on both ends and the host end up and in its group, in one request.
+/// The peer cannot be brought up here (the kernel configures it before the two ends are joined:
+/// ENOTCONN): `set_link_up` it in its netns.
+pub async fn create_veth(handle: &Handle, spec: &VethSpec<'_>) -> Result<()> {
+    let mut peer = LinkMessageBuilder::<LinkUnspec>::new()
+        .name(spec.peer_name.to_string())
+        .setns_by_fd(spec.peer_ns.file().as_raw_fd());
+    let mut host = LinkVeth::new(spec.host_name, spec.peer_name).up();
+    if let Some(mtu) = spec.mtu {
+        peer = peer.mtu(mtu);
+        host = host.mtu(mtu);
+    }
+    if let Some(group) = spec.host_group {
+        host = host.link_group(group);
+    }
+    let msg = host
+        .set_info_data(InfoData::Veth(InfoVeth::Peer(peer.build())))
+        .build();
+    handle
+        .link()
+        .add(msg)
+        .execute()
+        .await
+        .map_err(nl_err(format!(
+            "creating veth {} <-> {}",
+            spec.host_name, spec.peer_name
+        )))
+}
+
+/// Set group and/or alias of an existing link, addressed by index (never by name alone: a name-less
+/// RTM_NEWLINK carrying IFLA_GROUP would change every link of that group).
+pub async fn set_link_attrs(
+    handle: &Handle,
+    index: u32,
+    group: Option<u32>,
+    alias: Option<&str>,
+) -> Result<()> {
+    let mut b = LinkUnspec::new_with_index(index);
+    if let Some(g) = group {
+        b = b.link_group(g);
+    }
+    if let Some(a) = alias {
+        b = b.alias(a.to_string());
+    }
+    handle
+        .link()
+        .set(b.build())
+        .execute()
+        .await
+        .map_err(nl_err(format!("setting attributes of link {index}")))
+}
+
+pub async fn set_link_up(handle: &Handle, index: u32) -> Result<()> {
+    handle
+        .link()
+        .set(LinkUnspec::new_with_index(index).up().build())
+        .execute()
+        .await
+        .map_err(nl_err(format!("setting link {index} up")))
+}
+
+/// Delete a link; `Ok(false)` if it was already gone.
+pub async fn delete_link(handle: &Handle, index: u32) -> Result<bool> {
+    match handle.link().del(index).execute().await {
+        Ok(()) => Ok(true),
+        Err(e) if is_gone(&e) => Ok(false),
+        Err(e) => Err(nl_err(format!("deleting link {index}"))(e)),
+    }
+}
+
+/// Add an address without the kernel's prefix route (we route point to point ourselves) and, for
+/// IPv6, without duplicate address detection so it is usable at once.
+pub async fn add_address(handle: &Handle, index: u32, addr: IpNetwork) -> Result<()> {
+    let mut req = handle.address().add(index, addr.ip(), addr.prefix());
+    let msg = req.message_mut();
+    let mut flags = AddressFlags::Noprefixroute;
+    if addr.is_ipv6() {
+        flags |= AddressFlags::Nodad;
+        msg.header.flags |= AddressHeaderFlags::Nodad;
+    }
+    msg.attributes.push(AddressAttribute::Flags(flags));
+    req.execute()
+        .await
+        .map_err(nl_err(format!("adding address {addr} to link {index}")))
+}
+
+/// The addresses on a link (all families).
+pub async fn addresses(handle: &Handle, index: u32) -> Result<Vec<IpNetwork>> {
+    let msgs = dump(
+        handle,
+        RouteNetlinkMessage::GetAddress(AddressMessage::default()),
+    )
+    .await?;
+    let mut out = Vec::new();
+    for m in msgs {
+        if let RouteNetlinkMessage::NewAddress(a) = m {
+            if a.header.index != index {
+                continue;
+            }
+            let ip = a.attributes.iter().find_map(|attr| match attr {
+                AddressAttribute::Local(ip) => Some(*ip),
+                _ => None,
+            });
+            let ip = ip.or_else(|| {
+                a.attributes.iter().find_map(|attr| match attr {
+                    AddressAttribute::Address(ip) => Some(*ip),
+                    _ => None,
+                })
+            });
+            if let Some(ip) = ip {
+                if let Ok(n) = IpNetwork::new(ip, a.header.prefix_len) {
+                    out.push(n);
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A route as we create and compare them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteSpec {
+    pub dst: IpNetwork,
+    pub gateway: Option<IpAddr>,
+    pub oif: Option<u32>,
+    pub src: Option<IpAddr>,
+    /// `true` for scope link (a directly reachable destination), else universe.
+    pub link_scope: bool,
+    pub table: Option<u32>,
+    pub metric: Option<u32>,
+}
+
+impl RouteSpec {
+    pub fn new(dst: IpNetwork) -> Self {
+        RouteSpec {
+            dst,
+            gateway: None,
+            oif: None,
+            src: None,
+            link_scope: false,
+            table: None,
+            metric: None,
+        }
+    }
+
+    fn table_id(&self) -> u32 {
+        self.table.unwrap_or(RouteHeader::RT_TABLE_MAIN as u32)
+    }
+
+    fn to_message(&self) -> Result<RouteMessage> {
+        let dst = self.dst;
+        let bad =
+            move |e: &dyn std::fmt::Display| CniError::InvalidConfig(format!("route {dst}: {e}"));
+        let mut b = RouteMessageBuilder::<IpAddr>::new()
+            .destination_prefix(self.dst.ip(), self.dst.prefix())
+            .map_err(|e| bad(&e))?;
+        if let Some(gw) = self.gateway {
+            b = b.gateway(gw).map_err(|e| bad(&e))?;
+        }
+        if let Some(src) = self.src {
+            b = b.pref_source(src).map_err(|e| bad(&e))?;
+        }
+        if let Some(oif) = self.oif {
+            b = b.output_interface(oif);
+        }
+        if self.link_scope {
+            b = b.scope(RouteScope::Link);
+        }
+        if let Some(m) = self.metric {
+            b = b.priority(m);
+        }
+        b = b.table_id(self.table_id()).protocol(RouteProtocol::Boot);
+        Ok(b.build())
+    }
+}
+
+pub async fn add_route(handle: &Handle, route: &RouteSpec) -> Result<()> {
+    let msg = route.to_message()?;
+    handle
+        .route()
+        .add(msg)
+        .execute()
+        .await
+        .map_err(nl_err(format!("adding route {}", describe_route(route))))
+}
+
+fn describe_route(r: &RouteSpec) -> String {
+    let mut s = r.dst.to_string();
+    if let Some(gw) = r.gateway {
+        s += &format!(" via {gw}");
+    }
+    if let Some(oif) = r.oif {
+        s += &format!(" dev #{oif}");
+    }
+    s
+}
+
+/// Routes of one family in every table (filter by `table`/`oif` on the result).
+pub async fn routes(handle: &Handle, ipv6: bool) -> Result<Vec<RouteSpec>> {
+    let mut req = RouteMessage::default();
+    req.header.address_family = if ipv6 {
+        AddressFamily::Inet6
+    } else {
+        AddressFamily::Inet
+    };
+    let msgs = dump(handle, RouteNetlinkMessage::GetRoute(req)).await?;
+    let mut out = Vec::new();
+    for m in msgs {
+        let RouteNetlinkMessage::NewRoute(r) = m else {
+            continue;
+        };
+        let addr = |a: &RouteAddress| match a {
+            RouteAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
+            RouteAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),
+            _ => None,
+        };
+        let zero = if ipv6 {
+            IpAddr::V6(0.into())
+        } else {
+            IpAddr::V4(0.into())
+        };
+        let mut dst = zero;
+        let mut spec = RouteSpec::new(IpNetwork::from(zero));
+        let mut table = r.header.table as u32;
+        for attr in &r.attributes {
+            match attr {
+                RouteAttribute::Destination(a) => dst = addr(a).unwrap_or(zero),
+                RouteAttribute::Gateway(a) => spec.gateway = addr(a),
+                RouteAttribute::PrefSource(a) => spec.src = addr(a),
+                RouteAttribute::Oif(i) => spec.oif = Some(*i),
+                RouteAttribute::Table(t) => table = *t,
+                RouteAttribute::Priority(p) => spec.metric = Some(*p),
+                _ => {}
+            }
+        }
+        let Ok(dst) = IpNetwork::new(dst, r.header.destination_prefix_length) else {
+            continue;
+        };
+        spec.dst = dst;
+        spec.link_scope = r.header.scope == RouteScope::Link;
+        spec.table = Some(table);
+        out.push(spec);
+    }
+    Ok(out)
+}
+
+/// A policy rule: traffic from `src` (and/or to `dst`) looks up `table`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleSpec {
+    pub src: Option<IpNetwork>,
+    pub dst: Option<IpNetwork>,
+    pub table: u32,
+    pub priority: u32,
+}
+
+impl RuleSpec {
+    fn to_message(&self) -> Result<RuleMessage> {
+        let family_of = |n: &IpNetwork| {
+            if n.is_ipv4() {
+                AddressFamily::Inet
+            } else {
+                AddressFamily::Inet6
+            }
+        };
+        let family = self
+            .src
+            .as_ref()
+            .or(self.dst.as_ref())
+            .map(family_of)
+            .ok_or_else(|| {
+                CniError::InvalidConfig("a rule needs a source or a destination".into())
+            })?;
+        let mut m = RuleMessage::default();
+        m.header.family = family;
+        // The kernel does not default the action: without FR_ACT_TO_TBL a rule matches and does nothing.
+        m.header.action = RuleAction::ToTable;
+        m.header.table = if self.table < 256 {
+            self.table as u8
+        } else {
+            0
+        };
+        m.attributes.push(RuleAttribute::Table(self.table));
+        m.attributes.push(RuleAttribute::Priority(self.priority));
+        if let Some(src) = self.src {
+            m.header.src_len = src.prefix();
+            m.attributes.push(RuleAttribute::Source(src.ip()));
+        }
+        if let Some(dst) = self.dst {
+            m.header.dst_len = dst.prefix();
+            m.attributes.push(RuleAttribute::Destination(dst.ip()));
+        }
+        Ok(m)
+    }
+}
+
+pub async fn add_rule(handle: &Handle, rule: &RuleSpec) -> Result<()> {
+    let mut req = handle.rule().add();
+    *req.message_mut() = rule.to_message()?;
+    req.execute()
+        .await
+        .map_err(nl_err(format!("adding rule {rule:?}")))
+}
+
+/// Delete a rule; `Ok(false)` if there was none.
+pub async fn delete_rule(handle: &Handle, rule: &RuleSpec) -> Result<bool> {
+    match handle.rule().del(rule.to_message()?).execute().await {
+        Ok(()) => Ok(true),
+        Err(e) if is_gone(&e) => Ok(false),
+        Err(e) => Err(nl_err(format!("deleting rule {rule:?}"))(e)),
+    }
+}
+
+/// A permanent neighbour entry (ARP/NDP answered by us, never expiring), replacing any existing one.
+pub async fn set_permanent_neighbour(
+    handle: &Handle,
+    index: u32,
+    ip: IpAddr,
+    mac: &[u8],
+) -> Result<()> {
+    handle
+        .neighbours()
+        .add(index, ip)
+        .link_layer_address(mac)
+        .state(NeighbourState::Permanent)
+        .flags(NeighbourFlags::empty())
+        .replace()
+        .execute()
+        .await
+        .map_err(nl_err(format!("adding neighbour {ip} on link {index}")))
+}

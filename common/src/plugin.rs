@@ -1,0 +1,108 @@
+//! The protocol loop every plugin's `main` hands itself to: read env + stdin, dispatch on the verb,
+//! write the result or the spec's error JSON to stdout, exit non-zero on error. A panic becomes a CNI error.
+
+use crate::conf::Config;
+use crate::error::{CniError, Result};
+use crate::invocation::{Command, Env, Invocation};
+use crate::types::CniResult;
+use crate::version::{CniVersion, SUPPORTED};
+use serde_json::{json, Value};
+use std::io::{Read, Write};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+/// Configs are small; anything larger is hostile or broken and is refused before parsing.
+const MAX_STDIN: u64 = 4 << 20;
+
+pub trait Plugin {
+    fn add(inv: &Invocation) -> Result<CniResult>;
+    fn del(inv: &Invocation) -> Result<()>;
+    fn check(inv: &Invocation) -> Result<()>;
+    fn status(inv: &Invocation) -> Result<()>;
+    fn gc(inv: &Invocation) -> Result<()>;
+}
+
+/// Run one CNI call of plugin `P` and exit the process.
+pub fn run<P: Plugin>() -> ! {
+    std::panic::set_hook(Box::new(|info| log::error!("panic: {info}")));
+    let env = Env(|k: &str| std::env::var(k).ok());
+    let (reply, ok) = match catch_unwind(AssertUnwindSafe(|| serve::<P>(&env))) {
+        Ok(Ok(reply)) => (reply, true),
+        Ok(Err((version, e))) => {
+            log::error!("{e}");
+            (Some(e.to_json(version)), false)
+        }
+        Err(panic) => {
+            let msg = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "panic".into());
+            (
+                Some(CniError::Internal(msg).to_json(CniVersion::LATEST.as_str())),
+                false,
+            )
+        }
+    };
+    if let Some(reply) = reply {
+        let mut out = std::io::stdout().lock();
+        let _ = serde_json::to_writer(&mut out, &reply);
+        let _ = out.write_all(b"\n");
+        let _ = out.flush();
+    }
+    std::process::exit(if ok { 0 } else { 1 })
+}
+
+type Failure = (&'static str, CniError);
+
+fn serve<P: Plugin>(
+    env: &Env<impl Fn(&str) -> Option<String>>,
+) -> std::result::Result<Option<Value>, Failure> {
+    let latest = CniVersion::LATEST.as_str();
+    let command = env.command().map_err(|e| (latest, e))?;
+    let stdin = read_stdin().map_err(|e| (latest, e))?;
+    if command == Command::Version {
+        return Ok(Some(version_info()));
+    }
+    let config = Config::parse(stdin).map_err(|e| (latest, e))?;
+    let version = config.version.as_str();
+    crate::logging::init(&config);
+    let inv = env.invocation(command, config).map_err(|e| (version, e))?;
+    log::debug!(
+        "{} {} container={} ifname={} netns={}",
+        inv.config.net.kind,
+        command.as_str(),
+        inv.container_id,
+        inv.ifname,
+        inv.netns
+    );
+    let out = match command {
+        Command::Add => P::add(&inv).map(|r| Some(r.to_value(inv.config.version))),
+        Command::Del => P::del(&inv).map(|_| None),
+        Command::Check => P::check(&inv).map(|_| None),
+        Command::Status => P::status(&inv).map(|_| None),
+        Command::Gc => P::gc(&inv).map(|_| None),
+        Command::Version => unreachable!("handled above"),
+    };
+    out.map_err(|e| (version, e))
+}
+
+fn read_stdin() -> Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    std::io::stdin()
+        .take(MAX_STDIN + 1)
+        .read_to_end(&mut buf)
+        .map_err(|e| CniError::Io(format!("reading stdin: {e}")))?;
+    if buf.len() as u64 > MAX_STDIN {
+        return Err(CniError::Decode(format!(
+            "network config is larger than {MAX_STDIN} bytes"
+        )));
+    }
+    Ok(buf)
+}
+
+pub fn version_info() -> Value {
+    json!({
+        "cniVersion": CniVersion::LATEST.as_str(),
+        "supportedVersions": SUPPORTED.map(|v| v.as_str()),
+    })
+}

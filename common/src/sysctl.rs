@@ -1,0 +1,44 @@
+//! sysctl through /proc/sys, keys written with `/` (interface names may contain dots).
+//! Keys under net/ act in the netns of the calling thread.
+
+use crate::error::{CniError, Result};
+use std::fs;
+
+fn path(key: &str) -> String {
+    format!("/proc/sys/{key}")
+}
+
+pub fn get(key: &str) -> Result<String> {
+    fs::read_to_string(path(key))
+        .map(|s| s.trim().to_string())
+        .map_err(|e| CniError::Sysctl {
+            key: key.into(),
+            msg: e.to_string(),
+        })
+}
+
+pub fn set(key: &str, value: &str) -> Result<()> {
+    fs::write(path(key), value).map_err(|e| CniError::Sysctl {
+        key: key.into(),
+        msg: e.to_string(),
+    })
+}
+
+/// Set `key` only if it differs: writing forwarding sysctls resets per-interface state in the kernel.
+pub fn ensure(key: &str, value: &str) -> Result<()> {
+    if get(key)? != value {
+        set(key, value)?;
+    }
+    Ok(())
+}
+
+/// IP forwarding for the families in use, in the calling thread's netns.
+pub fn enable_forwarding(ipv4: bool, ipv6: bool) -> Result<()> {
+    if ipv4 {
+        ensure("net/ipv4/ip_forward", "1")?;
+    }
+    if ipv6 {
+        ensure("net/ipv6/conf/all/forwarding", "1")?;
+    }
+    Ok(())
+}

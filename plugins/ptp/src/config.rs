@@ -1,0 +1,128 @@
+//! ptp's configuration: the reference ptp's keys plus `linkGroup` and `vethPrefix`.
+
+use common::linkgroup::GroupRef;
+use common::types::{number_or_string, Dns};
+use common::{CniError, Result};
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize)]
+pub struct PtpConf {
+    #[serde(default, deserialize_with = "number_or_string")]
+    pub mtu: Option<u32>,
+    #[serde(rename = "ipMasq", default)]
+    pub ip_masq: bool,
+    #[serde(rename = "ipMasqBackend", default)]
+    pub ip_masq_backend: Option<String>,
+    #[serde(rename = "linkGroup", default)]
+    pub link_group: Option<GroupRef>,
+    #[serde(rename = "vethPrefix", default = "default_prefix")]
+    pub veth_prefix: String,
+    #[serde(default)]
+    pub dns: Option<Dns>,
+}
+
+fn default_prefix() -> String {
+    "veth".into()
+}
+
+/// What the config resolves to, checked before anything is changed.
+#[derive(Debug)]
+pub struct Settings {
+    pub mtu: Option<u32>,
+    pub group: Option<u32>,
+    pub veth_prefix: String,
+    pub dns: Option<Dns>,
+}
+
+impl PtpConf {
+    pub fn settings(self) -> Result<Settings> {
+        match self.ip_masq_backend.as_deref() {
+            None | Some("") | Some("nftables") => {}
+            Some("iptables") => {
+                return Err(CniError::UnsupportedField(
+                    "ipMasqBackend \"iptables\": cni-chain speaks nftables only".into(),
+                ))
+            }
+            Some(other) => {
+                return Err(CniError::InvalidConfig(format!(
+                    "ipMasqBackend {other:?}: use \"nftables\""
+                )))
+            }
+        }
+        if self.ip_masq {
+            return Err(CniError::UnsupportedField(
+                "ipMasq is not available in this release of ptp yet; chain the masquerade plugin when it ships".into(),
+            ));
+        }
+        if let Some(mtu) = self.mtu {
+            if !(68..=65535).contains(&mtu) {
+                return Err(CniError::InvalidConfig(format!(
+                    "mtu {mtu} is outside 68..65535"
+                )));
+            }
+        }
+        let group = self
+            .link_group
+            .as_ref()
+            .map(GroupRef::resolve)
+            .transpose()?;
+        Ok(Settings {
+            mtu: self.mtu,
+            group,
+            veth_prefix: self.veth_prefix,
+            dns: self.dns.filter(|d| !d.is_empty()),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(json: &str) -> Result<Settings> {
+        serde_json::from_str::<PtpConf>(json)
+            .map_err(|e| CniError::Decode(e.to_string()))?
+            .settings()
+    }
+
+    #[test]
+    fn reference_ptp_config_is_accepted() {
+        let s = parse(r#"{"cniVersion":"1.0.0","name":"n","type":"ptp","ipMasq":false,"mtu":1400,
+            "ipam":{"type":"host-local","subnet":"10.1.0.0/24"},"dns":{"nameservers":["10.1.0.1"]}}"#)
+        .unwrap();
+        assert_eq!(s.mtu, Some(1400));
+        assert_eq!(s.veth_prefix, "veth");
+        assert_eq!(s.dns.unwrap().nameservers, ["10.1.0.1"]);
+    }
+
+    #[test]
+    fn link_group_by_number() {
+        assert_eq!(parse(r#"{"linkGroup": 8}"#).unwrap().group, Some(8));
+        assert_eq!(
+            parse(r#"{"linkGroup": "default"}"#)
+                .map(|s| s.group)
+                .unwrap_or(Some(0)),
+            Some(0)
+        );
+    }
+
+    #[test]
+    fn masquerade_and_bad_values_are_refused_with_codes() {
+        assert_eq!(parse(r#"{"ipMasq": true}"#).unwrap_err().code(), 2);
+        assert_eq!(
+            parse(r#"{"ipMasqBackend": "iptables"}"#)
+                .unwrap_err()
+                .code(),
+            2
+        );
+        assert_eq!(parse(r#"{"ipMasqBackend": "bpf"}"#).unwrap_err().code(), 7);
+        assert_eq!(parse(r#"{"mtu": 10}"#).unwrap_err().code(), 7);
+        assert_eq!(parse(r#"{"mtu": "x"}"#).unwrap_err().code(), 6);
+        assert_eq!(
+            parse(r#"{"linkGroup": "no-such-group-here"}"#)
+                .unwrap_err()
+                .code(),
+            7
+        );
+    }
+}
