@@ -52,8 +52,8 @@ pub struct Config {
 
 impl Config {
     pub fn parse(raw: Vec<u8>) -> Result<Self> {
-        let net: NetConf = serde_json::from_slice(&raw)
-            .map_err(|e| CniError::Decode(format!("network config: {e}")))?;
+        let net: NetConf =
+            serde_json::from_slice(&raw).map_err(|e| CniError::Decode(format!("network config: {e}")))?;
         let version = CniVersion::parse(&net.cni_version)?;
         if !net.name.is_empty() {
             validate_network_name(&net.name)?;
@@ -63,8 +63,7 @@ impl Config {
 
     /// The plugin's own view of the same config.
     pub fn plugin<T: DeserializeOwned>(&self) -> Result<T> {
-        serde_json::from_slice(&self.raw)
-            .map_err(|e| CniError::Decode(format!("{} config: {e}", self.net.kind)))
+        serde_json::from_slice(&self.raw).map_err(|e| CniError::Decode(format!("{} config: {e}", self.net.kind)))
     }
 
     pub fn raw(&self) -> &[u8] {
@@ -90,31 +89,17 @@ impl Config {
 
     /// The attachments a GC call says are still in use (either key).
     pub fn valid_attachments(&self) -> Vec<Attachment> {
-        self.net
-            .valid_attachments
-            .clone()
-            .or_else(|| self.net.attachments.clone())
-            .unwrap_or_default()
+        self.net.valid_attachments.clone().or_else(|| self.net.attachments.clone()).unwrap_or_default()
     }
 }
 
 /// Network names become file and table names: the spec's character set, nothing that can walk a path.
 pub fn validate_network_name(name: &str) -> Result<()> {
-    let ok_first = name
-        .chars()
-        .next()
-        .is_some_and(|c| c.is_ascii_alphanumeric());
-    if ok_first
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
-        && name.len() <= 255
-    {
+    let ok_first = name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric());
+    if ok_first && name.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c)) && name.len() <= 255 {
         Ok(())
     } else {
-        Err(CniError::InvalidConfig(format!(
-            "invalid network name {name:?}: use letters, digits, '_', '.', '-'"
-        )))
+        Err(CniError::InvalidConfig(format!("invalid network name {name:?}: use letters, digits, '_', '.', '-'")))
     }
 }
 
@@ -144,23 +129,13 @@ mod tests {
             (br#"{"cniVersion":"1.0.0","name":"../etc"}"#, 7),
         ];
         for (raw, code) in cases {
-            assert_eq!(
-                Config::parse(raw.to_vec()).unwrap_err().code(),
-                code,
-                "{}",
-                String::from_utf8_lossy(raw)
-            );
+            assert_eq!(Config::parse(raw.to_vec()).unwrap_err().code(), code, "{}", String::from_utf8_lossy(raw));
         }
     }
 
     #[test]
     fn chained_plugin_without_prev_result_is_told_so() {
-        let c = Config::parse(br#"{"cniVersion":"1.0.0","name":"n","type":"linkgroup"}"#.to_vec())
-            .unwrap();
-        assert!(c
-            .require_prev_result()
-            .unwrap_err()
-            .to_string()
-            .contains("prevResult"));
+        let c = Config::parse(br#"{"cniVersion":"1.0.0","name":"n","type":"linkgroup"}"#.to_vec()).unwrap();
+        assert!(c.require_prev_result().unwrap_err().to_string().contains("prevResult"));
     }
 }

@@ -62,11 +62,7 @@ pub enum CniError {
     AddressExhausted(String),
     /// An error a delegated plugin (IPAM) reported: its code and message are passed on as they are.
     #[error("{msg}")]
-    Delegated {
-        code: u32,
-        msg: String,
-        details: String,
-    },
+    Delegated { code: u32, msg: String, details: String },
     #[error("{0}")]
     Delegate(String),
     #[error("internal error: {0}")]
@@ -116,13 +112,8 @@ impl CniError {
             #[serde(skip_serializing_if = "String::is_empty")]
             details: String,
         }
-        serde_json::to_value(Reply {
-            cni_version,
-            code: self.code(),
-            msg: self.to_string(),
-            details: self.details(),
-        })
-        .unwrap_or(Value::Null)
+        serde_json::to_value(Reply { cni_version, code: self.code(), msg: self.to_string(), details: self.details() })
+            .unwrap_or(Value::Null)
     }
 
     /// A netlink error with what we were doing, so the message says more than "File exists".
@@ -155,11 +146,7 @@ mod tests {
 
     #[test]
     fn delegated_error_keeps_its_code_and_details() {
-        let e = CniError::Delegated {
-            code: 11,
-            msg: "busy".into(),
-            details: "lock".into(),
-        };
+        let e = CniError::Delegated { code: 11, msg: "busy".into(), details: "lock".into() };
         let v = e.to_json("1.1.0");
         assert_eq!(v["code"], 11);
         assert_eq!(v["msg"], "busy");

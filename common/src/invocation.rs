@@ -24,11 +24,7 @@ impl Command {
             "STATUS" => Command::Status,
             "GC" => Command::Gc,
             "VERSION" => Command::Version,
-            other => {
-                return Err(CniError::InvalidEnv(format!(
-                    "unknown CNI_COMMAND {other:?}"
-                )))
-            }
+            other => return Err(CniError::InvalidEnv(format!("unknown CNI_COMMAND {other:?}"))),
         })
     }
 
@@ -59,9 +55,9 @@ impl CniArgs {
     pub fn parse(s: &str) -> Result<Self> {
         let mut pairs = BTreeMap::new();
         for part in s.split(';').filter(|p| !p.is_empty()) {
-            let (k, v) = part.split_once('=').ok_or_else(|| {
-                CniError::InvalidEnv(format!("CNI_ARGS: {part:?} is not KEY=VALUE"))
-            })?;
+            let (k, v) = part
+                .split_once('=')
+                .ok_or_else(|| CniError::InvalidEnv(format!("CNI_ARGS: {part:?} is not KEY=VALUE")))?;
             pairs.insert(k.to_string(), v.to_string());
         }
         Ok(CniArgs { pairs })
@@ -72,8 +68,7 @@ impl CniArgs {
     }
 
     pub fn ignore_unknown(&self) -> bool {
-        self.get("IgnoreUnknown")
-            .is_some_and(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true"))
+        self.get("IgnoreUnknown").is_some_and(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true"))
     }
 
     /// Error on a key this plugin does not know, as the Go plugins do, unless `IgnoreUnknown`.
@@ -81,14 +76,8 @@ impl CniArgs {
         if self.ignore_unknown() {
             return Ok(());
         }
-        match self
-            .pairs
-            .keys()
-            .find(|k| *k != "IgnoreUnknown" && !known.contains(&k.as_str()))
-        {
-            Some(k) => Err(CniError::InvalidEnv(format!(
-                "CNI_ARGS: unknown key {k:?} (set IgnoreUnknown=1 to allow)"
-            ))),
+        match self.pairs.keys().find(|k| *k != "IgnoreUnknown" && !known.contains(&k.as_str())) {
+            Some(k) => Err(CniError::InvalidEnv(format!("CNI_ARGS: unknown key {k:?} (set IgnoreUnknown=1 to allow)"))),
             None => Ok(()),
         }
     }
@@ -137,11 +126,7 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
         if path_var.is_empty() {
             return Err(CniError::InvalidEnv("CNI_PATH is not set".into()));
         }
-        let path = path_var
-            .split(':')
-            .filter(|p| !p.is_empty())
-            .map(PathBuf::from)
-            .collect();
+        let path = path_var.split(':').filter(|p| !p.is_empty()).map(PathBuf::from).collect();
         let args = CniArgs::parse(&self.get("CNI_ARGS"))?;
         match command {
             Command::Check if !config.version.supports_check() => {
@@ -159,15 +144,7 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
             }
             _ => {}
         }
-        Ok(Invocation {
-            command,
-            container_id,
-            netns,
-            ifname,
-            args,
-            path,
-            config,
-        })
+        Ok(Invocation { command, container_id, netns, ifname, args, path, config })
     }
 }
 
@@ -177,14 +154,8 @@ pub fn validate_container_id(id: &str) -> Result<()> {
         return Err(CniError::InvalidEnv("CNI_CONTAINERID is not set".into()));
     }
     let first_ok = id.chars().next().is_some_and(|c| c.is_ascii_alphanumeric());
-    if !first_ok
-        || !id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
-    {
-        return Err(CniError::InvalidEnv(format!(
-            "CNI_CONTAINERID {id:?} has characters outside [A-Za-z0-9_.-]"
-        )));
+    if !first_ok || !id.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c)) {
+        return Err(CniError::InvalidEnv(format!("CNI_CONTAINERID {id:?} has characters outside [A-Za-z0-9_.-]")));
     }
     Ok(())
 }
@@ -198,12 +169,7 @@ pub fn validate_ifname(name: &str) -> Result<()> {
     if name.len() > 15 {
         return Err(bad("is longer than 15 characters"));
     }
-    if name == "."
-        || name == ".."
-        || name
-            .chars()
-            .any(|c| c == '/' || c == ':' || c.is_whitespace() || c == '\0')
-    {
+    if name == "." || name == ".." || name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace() || c == '\0') {
         return Err(bad("is not a valid interface name"));
     }
     Ok(())
@@ -215,16 +181,12 @@ mod tests {
     use std::collections::HashMap;
 
     fn env(pairs: &[(&str, &str)]) -> Env<impl Fn(&str) -> Option<String>> {
-        let m: HashMap<String, String> = pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let m: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         Env(move |k: &str| m.get(k).cloned())
     }
 
     fn config(v: &str) -> Config {
-        Config::parse(format!(r#"{{"cniVersion":"{v}","name":"n","type":"ptp"}}"#).into_bytes())
-            .unwrap()
+        Config::parse(format!(r#"{{"cniVersion":"{v}","name":"n","type":"ptp"}}"#).into_bytes()).unwrap()
     }
 
     const FULL: [(&str, &str); 5] = [
@@ -252,12 +214,7 @@ mod tests {
             ("CNI_PATH", "/opt/cni/bin"),
         ]);
         assert!(e.invocation(Command::Del, config("1.0.0")).is_ok());
-        assert_eq!(
-            e.invocation(Command::Add, config("1.0.0"))
-                .unwrap_err()
-                .code(),
-            4
-        );
+        assert_eq!(e.invocation(Command::Add, config("1.0.0")).unwrap_err().code(), 4);
     }
 
     #[test]
@@ -276,42 +233,18 @@ mod tests {
             pairs.retain(|(key, _)| *key != k);
             pairs.push((k, v));
             let e = env(&pairs);
-            assert_eq!(
-                e.invocation(Command::Add, config("1.0.0"))
-                    .unwrap_err()
-                    .code(),
-                4,
-                "{k}={v:?}"
-            );
+            assert_eq!(e.invocation(Command::Add, config("1.0.0")).unwrap_err().code(), 4, "{k}={v:?}");
         }
         assert_eq!(env(&[]).command().unwrap_err().code(), 4);
-        assert_eq!(
-            env(&[("CNI_COMMAND", "FOO")]).command().unwrap_err().code(),
-            4
-        );
+        assert_eq!(env(&[("CNI_COMMAND", "FOO")]).command().unwrap_err().code(), 4);
     }
 
     #[test]
     fn verbs_newer_than_the_config_get_code_1() {
         let e = env(&FULL);
-        assert_eq!(
-            e.invocation(Command::Check, config("0.3.1"))
-                .unwrap_err()
-                .code(),
-            1
-        );
-        assert_eq!(
-            e.invocation(Command::Gc, config("1.0.0"))
-                .unwrap_err()
-                .code(),
-            1
-        );
-        assert_eq!(
-            e.invocation(Command::Status, config("1.0.0"))
-                .unwrap_err()
-                .code(),
-            1
-        );
+        assert_eq!(e.invocation(Command::Check, config("0.3.1")).unwrap_err().code(), 1);
+        assert_eq!(e.invocation(Command::Gc, config("1.0.0")).unwrap_err().code(), 1);
+        assert_eq!(e.invocation(Command::Status, config("1.0.0")).unwrap_err().code(), 1);
         assert!(e.invocation(Command::Status, config("1.1.0")).is_ok());
     }
 

@@ -9,20 +9,12 @@ use std::path::PathBuf;
 use std::process::{Command as Process, Stdio};
 
 fn ipam_type(inv: &Invocation) -> Result<&str> {
-    let kind = inv
-        .config
-        .net
-        .ipam
-        .as_ref()
-        .map(|i| i.kind.as_str())
-        .unwrap_or("");
+    let kind = inv.config.net.ipam.as_ref().map(|i| i.kind.as_str()).unwrap_or("");
     if kind.is_empty() {
         return Err(CniError::InvalidConfig("ipam.type is required".into()));
     }
     if kind.contains('/') || kind == "." || kind == ".." {
-        return Err(CniError::InvalidConfig(format!(
-            "ipam.type {kind:?} must be a plugin name, not a path"
-        )));
+        return Err(CniError::InvalidConfig(format!("ipam.type {kind:?} must be a plugin name, not a path")));
     }
     Ok(kind)
 }
@@ -33,12 +25,7 @@ pub fn find_plugin(inv: &Invocation, name: &str) -> Result<PathBuf> {
         .iter()
         .map(|dir| dir.join(name))
         .find(|p| p.is_file())
-        .ok_or_else(|| {
-            CniError::InvalidConfig(format!(
-                "plugin {name:?} not found in CNI_PATH {:?}",
-                inv.path
-            ))
-        })
+        .ok_or_else(|| CniError::InvalidConfig(format!("plugin {name:?} not found in CNI_PATH {:?}", inv.path)))
 }
 
 /// Run the IPAM plugin for `command` with the config we were given. Returns its result for ADD.
@@ -50,10 +37,7 @@ pub fn exec(inv: &Invocation, command: Command) -> Result<Option<CniResult>> {
         .env("CNI_CONTAINERID", &inv.container_id)
         .env("CNI_NETNS", &inv.netns)
         .env("CNI_IFNAME", &inv.ifname)
-        .env(
-            "CNI_PATH",
-            std::env::join_paths(&inv.path).unwrap_or_default(),
-        )
+        .env("CNI_PATH", std::env::join_paths(&inv.path).unwrap_or_default())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -63,18 +47,16 @@ pub fn exec(inv: &Invocation, command: Command) -> Result<Option<CniResult>> {
         // A plugin that exits without reading gives EPIPE: its exit status says what happened.
         let _ = stdin.write_all(inv.config.raw());
     }
-    let out = child
-        .wait_with_output()
-        .map_err(|e| CniError::Delegate(format!("waiting for IPAM plugin {kind}: {e}")))?;
+    let out =
+        child.wait_with_output().map_err(|e| CniError::Delegate(format!("waiting for IPAM plugin {kind}: {e}")))?;
     if !out.status.success() {
         return Err(delegated_error(kind, &out.stdout, out.status));
     }
     if command != Command::Add {
         return Ok(None);
     }
-    let value: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| {
-        CniError::Delegate(format!("IPAM plugin {kind} returned no valid result: {e}"))
-    })?;
+    let value: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .map_err(|e| CniError::Delegate(format!("IPAM plugin {kind} returned no valid result: {e}")))?;
     CniResult::from_value(&value).map(Some)
 }
 
@@ -88,14 +70,8 @@ fn delegated_error(kind: &str, stdout: &[u8], status: std::process::ExitStatus) 
         details: String,
     }
     match serde_json::from_slice::<Reply>(stdout) {
-        Ok(r) => CniError::Delegated {
-            code: r.code,
-            msg: format!("IPAM {kind}: {}", r.msg),
-            details: r.details,
-        },
-        Err(_) => CniError::Delegate(format!(
-            "IPAM plugin {kind} failed ({status}) without a CNI error"
-        )),
+        Ok(r) => CniError::Delegated { code: r.code, msg: format!("IPAM {kind}: {}", r.msg), details: r.details },
+        Err(_) => CniError::Delegate(format!("IPAM plugin {kind} failed ({status}) without a CNI error")),
     }
 }
 

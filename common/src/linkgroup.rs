@@ -84,30 +84,15 @@ mod tests {
 
     #[test]
     fn numbers_and_numeric_strings_are_numbers() {
-        assert_eq!(
-            serde_json::from_str::<GroupRef>("8").unwrap(),
-            GroupRef::Number(8)
-        );
-        assert_eq!(
-            serde_json::from_str::<GroupRef>("\"8\"").unwrap(),
-            GroupRef::Number(8)
-        );
-        assert_eq!(
-            serde_json::from_str::<GroupRef>("\"pods\"").unwrap(),
-            GroupRef::Name("pods".into())
-        );
+        assert_eq!(serde_json::from_str::<GroupRef>("8").unwrap(), GroupRef::Number(8));
+        assert_eq!(serde_json::from_str::<GroupRef>("\"8\"").unwrap(), GroupRef::Number(8));
+        assert_eq!(serde_json::from_str::<GroupRef>("\"pods\"").unwrap(), GroupRef::Name("pods".into()));
         assert!(serde_json::from_str::<GroupRef>("-1").is_err());
         assert!(serde_json::from_str::<GroupRef>("true").is_err());
     }
 
     #[test]
     fn unknown_name_is_a_config_error() {
-        assert_eq!(
-            GroupRef::Name("no-such-group-name".into())
-                .resolve()
-                .unwrap_err()
-                .code(),
-            7
-        );
+        assert_eq!(GroupRef::Name("no-such-group-name".into()).resolve().unwrap_err().code(), 7);
     }
 }

@@ -7,24 +7,17 @@ use crate::invocation::validate_ifname;
 pub fn host_ifname(prefix: &str, container_id: &str, ifname: &str) -> Result<String> {
     // At least 8 hex digits of hash (32 bits) keep collisions on one node negligible.
     if prefix.is_empty() || prefix.len() > 7 {
-        return Err(CniError::InvalidConfig(format!(
-            "vethPrefix {prefix:?} must be 1 to 7 characters"
-        )));
+        return Err(CniError::InvalidConfig(format!("vethPrefix {prefix:?} must be 1 to 7 characters")));
     }
-    validate_ifname(prefix).map_err(|_| {
-        CniError::InvalidConfig(format!(
-            "vethPrefix {prefix:?} is not usable in an interface name"
-        ))
-    })?;
+    validate_ifname(prefix)
+        .map_err(|_| CniError::InvalidConfig(format!("vethPrefix {prefix:?} is not usable in an interface name")))?;
     let hash = fnv1a64(format!("{container_id}/{ifname}").as_bytes());
     let name = format!("{prefix}{hash:016x}");
     Ok(name[..15].to_string())
 }
 
 fn fnv1a64(data: &[u8]) -> u64 {
-    data.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
+    data.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3))
 }
 
 /// Who owns a link we made: plugin, network and attachment, written into the link's alias.
@@ -80,28 +73,11 @@ mod tests {
 
     #[test]
     fn alias_round_trips_and_is_scoped_to_plugin_and_network() {
-        let o = Owner {
-            plugin: "ptp",
-            network: "net1",
-        };
+        let o = Owner { plugin: "ptp", network: "net1" };
         let alias = o.alias("abc", "eth0").unwrap();
         assert_eq!(o.attachment(&alias), Some(("abc", "eth0")));
-        assert_eq!(
-            Owner {
-                plugin: "ptp",
-                network: "net2"
-            }
-            .attachment(&alias),
-            None
-        );
-        assert_eq!(
-            Owner {
-                plugin: "egress-v4",
-                network: "net1"
-            }
-            .attachment(&alias),
-            None
-        );
+        assert_eq!(Owner { plugin: "ptp", network: "net2" }.attachment(&alias), None);
+        assert_eq!(Owner { plugin: "egress-v4", network: "net1" }.attachment(&alias), None);
         assert_eq!(o.attachment("something else"), None);
         assert!(o.alias(&"x".repeat(300), "eth0").is_err());
     }

@@ -8,17 +8,11 @@ use crate::error::{CniError, Result};
 use crate::netns::Netns;
 use futures::StreamExt;
 use ipnetwork::IpNetwork;
-use netlink_packet_core::{
-    NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_REQUEST,
-};
-use netlink_packet_route::address::{
-    AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage,
-};
+use netlink_packet_core::{NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_REQUEST};
+use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage};
 use netlink_packet_route::link::{InfoData, InfoVeth, LinkAttribute, LinkInfo, LinkMessage};
 use netlink_packet_route::neighbour::{NeighbourFlags, NeighbourState};
-use netlink_packet_route::route::{
-    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
-};
+use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope};
 use netlink_packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
@@ -69,8 +63,7 @@ impl Rtnl {
     /// A socket in the calling thread's current netns.
     pub fn connect(&self) -> Result<Handle> {
         let _ctx = self.rt.enter();
-        let (conn, handle, _) =
-            rtnetlink::new_connection().map_err(|e| CniError::Netlink(format!("socket: {e}")))?;
+        let (conn, handle, _) = rtnetlink::new_connection().map_err(|e| CniError::Netlink(format!("socket: {e}")))?;
         self.rt.spawn(conn);
         Ok(handle)
     }
@@ -103,10 +96,7 @@ impl Link {
     fn from_message(m: &LinkMessage) -> Self {
         let mut link = Link {
             index: m.header.index,
-            up: m
-                .header
-                .flags
-                .contains(netlink_packet_route::link::LinkFlags::Up),
+            up: m.header.flags.contains(netlink_packet_route::link::LinkFlags::Up),
             ..Default::default()
         };
         for attr in &m.attributes {
@@ -139,10 +129,7 @@ impl Link {
 }
 
 pub fn format_mac(mac: &[u8]) -> String {
-    mac.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
+    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
 }
 
 /// Run a dump, retrying when the kernel says it was interrupted by a concurrent change.
@@ -150,19 +137,14 @@ async fn dump(handle: &Handle, request: RouteNetlinkMessage) -> Result<Vec<Route
     'retry: for _ in 0..DUMP_TRIES {
         let mut req = NetlinkMessage::from(request.clone());
         req.header.flags = NLM_F_REQUEST | NLM_F_DUMP;
-        let mut responses = handle
-            .clone()
-            .request(req)
-            .map_err(nl_err("dump request"))?;
+        let mut responses = handle.clone().request(req).map_err(nl_err("dump request"))?;
         let mut out = Vec::new();
         let mut interrupted = false;
         while let Some(msg) = responses.next().await {
             interrupted |= msg.header.flags & NLM_F_DUMP_INTR != 0;
             match msg.payload {
                 NetlinkPayload::InnerMessage(m) => out.push(m),
-                NetlinkPayload::Error(e) if e.code.is_some() => {
-                    return Err(CniError::netlink("dump", e.to_io()))
-                }
+                NetlinkPayload::Error(e) if e.code.is_some() => return Err(CniError::netlink("dump", e.to_io())),
                 _ => {}
             }
         }
@@ -171,9 +153,7 @@ async fn dump(handle: &Handle, request: RouteNetlinkMessage) -> Result<Vec<Route
         }
         return Ok(out);
     }
-    Err(CniError::TryAgainLater(
-        "netlink dump kept being interrupted by concurrent changes".into(),
-    ))
+    Err(CniError::TryAgainLater("netlink dump kept being interrupted by concurrent changes".into()))
 }
 
 pub async fn link_by_name(handle: &Handle, name: &str) -> Result<Option<Link>> {
@@ -200,20 +180,25 @@ pub async fn links(handle: &Handle) -> Result<Vec<Link>> {
 /// A veth pair: `host_name` stays in the socket's netns, `peer_name` is created straight inside `peer_ns`.
 pub struct VethSpec<'a> {
     pub host_name: &'a str,
+    /// Bring the host end up at once; leave it down to change its sysctls first.
+    pub host_up: bool,
     pub peer_name: &'a str,
     pub peer_ns: &'a Netns,
     pub mtu: Option<u32>,
     pub host_group: Option<u32>,
 }
 
-/// Create the pair with MTU on both ends and the host end up and in its group, in one request.
+/// Create the pair with MTU on both ends and the host end in its group, in one request.
 /// The peer cannot be brought up here (the kernel configures it before the two ends are joined:
-/// ENOTCONN): `set_link_up` it in its netns.
+/// ENOTCONN): `set_link_attrs(.., up)` it in its netns.
 pub async fn create_veth(handle: &Handle, spec: &VethSpec<'_>) -> Result<()> {
     let mut peer = LinkMessageBuilder::<LinkUnspec>::new()
         .name(spec.peer_name.to_string())
         .setns_by_fd(spec.peer_ns.file().as_raw_fd());
-    let mut host = LinkVeth::new(spec.host_name, spec.peer_name).up();
+    let mut host = LinkVeth::new(spec.host_name, spec.peer_name);
+    if spec.host_up {
+        host = host.up();
+    }
     if let Some(mtu) = spec.mtu {
         peer = peer.mtu(mtu);
         host = host.mtu(mtu);
@@ -221,50 +206,35 @@ pub async fn create_veth(handle: &Handle, spec: &VethSpec<'_>) -> Result<()> {
     if let Some(group) = spec.host_group {
         host = host.link_group(group);
     }
-    let msg = host
-        .set_info_data(InfoData::Veth(InfoVeth::Peer(peer.build())))
-        .build();
+    let msg = host.set_info_data(InfoData::Veth(InfoVeth::Peer(peer.build()))).build();
     handle
         .link()
         .add(msg)
         .execute()
         .await
-        .map_err(nl_err(format!(
-            "creating veth {} <-> {}",
-            spec.host_name, spec.peer_name
-        )))
+        .map_err(nl_err(format!("creating veth {} <-> {}", spec.host_name, spec.peer_name)))
 }
 
-/// Set group and/or alias of an existing link, addressed by index (never by name alone: a name-less
-/// RTM_NEWLINK carrying IFLA_GROUP would change every link of that group).
+/// Set group, alias and/or up of an existing link, addressed by index (never by name alone: a
+/// name-less RTM_NEWLINK carrying IFLA_GROUP would change every link of that group).
 pub async fn set_link_attrs(
     handle: &Handle,
     index: u32,
     group: Option<u32>,
     alias: Option<&str>,
+    up: bool,
 ) -> Result<()> {
     let mut b = LinkUnspec::new_with_index(index);
+    if up {
+        b = b.up();
+    }
     if let Some(g) = group {
         b = b.link_group(g);
     }
     if let Some(a) = alias {
         b = b.alias(a.to_string());
     }
-    handle
-        .link()
-        .set(b.build())
-        .execute()
-        .await
-        .map_err(nl_err(format!("setting attributes of link {index}")))
-}
-
-pub async fn set_link_up(handle: &Handle, index: u32) -> Result<()> {
-    handle
-        .link()
-        .set(LinkUnspec::new_with_index(index).up().build())
-        .execute()
-        .await
-        .map_err(nl_err(format!("setting link {index} up")))
+    handle.link().set(b.build()).execute().await.map_err(nl_err(format!("setting attributes of link {index}")))
 }
 
 /// Delete a link; `Ok(false)` if it was already gone.
@@ -287,18 +257,12 @@ pub async fn add_address(handle: &Handle, index: u32, addr: IpNetwork) -> Result
         msg.header.flags |= AddressHeaderFlags::Nodad;
     }
     msg.attributes.push(AddressAttribute::Flags(flags));
-    req.execute()
-        .await
-        .map_err(nl_err(format!("adding address {addr} to link {index}")))
+    req.execute().await.map_err(nl_err(format!("adding address {addr} to link {index}")))
 }
 
 /// The addresses on a link (all families).
 pub async fn addresses(handle: &Handle, index: u32) -> Result<Vec<IpNetwork>> {
-    let msgs = dump(
-        handle,
-        RouteNetlinkMessage::GetAddress(AddressMessage::default()),
-    )
-    .await?;
+    let msgs = dump(handle, RouteNetlinkMessage::GetAddress(AddressMessage::default())).await?;
     let mut out = Vec::new();
     for m in msgs {
         if let RouteNetlinkMessage::NewAddress(a) = m {
@@ -340,15 +304,7 @@ pub struct RouteSpec {
 
 impl RouteSpec {
     pub fn new(dst: IpNetwork) -> Self {
-        RouteSpec {
-            dst,
-            gateway: None,
-            oif: None,
-            src: None,
-            link_scope: false,
-            table: None,
-            metric: None,
-        }
+        RouteSpec { dst, gateway: None, oif: None, src: None, link_scope: false, table: None, metric: None }
     }
 
     fn table_id(&self) -> u32 {
@@ -357,8 +313,7 @@ impl RouteSpec {
 
     fn to_message(&self) -> Result<RouteMessage> {
         let dst = self.dst;
-        let bad =
-            move |e: &dyn std::fmt::Display| CniError::InvalidConfig(format!("route {dst}: {e}"));
+        let bad = move |e: &dyn std::fmt::Display| CniError::InvalidConfig(format!("route {dst}: {e}"));
         let mut b = RouteMessageBuilder::<IpAddr>::new()
             .destination_prefix(self.dst.ip(), self.dst.prefix())
             .map_err(|e| bad(&e))?;
@@ -384,12 +339,7 @@ impl RouteSpec {
 
 pub async fn add_route(handle: &Handle, route: &RouteSpec) -> Result<()> {
     let msg = route.to_message()?;
-    handle
-        .route()
-        .add(msg)
-        .execute()
-        .await
-        .map_err(nl_err(format!("adding route {}", describe_route(route))))
+    handle.route().add(msg).execute().await.map_err(nl_err(format!("adding route {}", describe_route(route))))
 }
 
 fn describe_route(r: &RouteSpec) -> String {
@@ -406,11 +356,7 @@ fn describe_route(r: &RouteSpec) -> String {
 /// Routes of one family in every table (filter by `table`/`oif` on the result).
 pub async fn routes(handle: &Handle, ipv6: bool) -> Result<Vec<RouteSpec>> {
     let mut req = RouteMessage::default();
-    req.header.address_family = if ipv6 {
-        AddressFamily::Inet6
-    } else {
-        AddressFamily::Inet
-    };
+    req.header.address_family = if ipv6 { AddressFamily::Inet6 } else { AddressFamily::Inet };
     let msgs = dump(handle, RouteNetlinkMessage::GetRoute(req)).await?;
     let mut out = Vec::new();
     for m in msgs {
@@ -422,11 +368,7 @@ pub async fn routes(handle: &Handle, ipv6: bool) -> Result<Vec<RouteSpec>> {
             RouteAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),
             _ => None,
         };
-        let zero = if ipv6 {
-            IpAddr::V6(0.into())
-        } else {
-            IpAddr::V4(0.into())
-        };
+        let zero = if ipv6 { IpAddr::V6(0.into()) } else { IpAddr::V4(0.into()) };
         let mut dst = zero;
         let mut spec = RouteSpec::new(IpNetwork::from(zero));
         let mut table = r.header.table as u32;
@@ -475,18 +417,12 @@ impl RuleSpec {
             .as_ref()
             .or(self.dst.as_ref())
             .map(family_of)
-            .ok_or_else(|| {
-                CniError::InvalidConfig("a rule needs a source or a destination".into())
-            })?;
+            .ok_or_else(|| CniError::InvalidConfig("a rule needs a source or a destination".into()))?;
         let mut m = RuleMessage::default();
         m.header.family = family;
         // The kernel does not default the action: without FR_ACT_TO_TBL a rule matches and does nothing.
         m.header.action = RuleAction::ToTable;
-        m.header.table = if self.table < 256 {
-            self.table as u8
-        } else {
-            0
-        };
+        m.header.table = if self.table < 256 { self.table as u8 } else { 0 };
         m.attributes.push(RuleAttribute::Table(self.table));
         m.attributes.push(RuleAttribute::Priority(self.priority));
         if let Some(src) = self.src {
@@ -504,9 +440,7 @@ impl RuleSpec {
 pub async fn add_rule(handle: &Handle, rule: &RuleSpec) -> Result<()> {
     let mut req = handle.rule().add();
     *req.message_mut() = rule.to_message()?;
-    req.execute()
-        .await
-        .map_err(nl_err(format!("adding rule {rule:?}")))
+    req.execute().await.map_err(nl_err(format!("adding rule {rule:?}")))
 }
 
 /// Delete a rule; `Ok(false)` if there was none.
@@ -519,12 +453,7 @@ pub async fn delete_rule(handle: &Handle, rule: &RuleSpec) -> Result<bool> {
 }
 
 /// A permanent neighbour entry (ARP/NDP answered by us, never expiring), replacing any existing one.
-pub async fn set_permanent_neighbour(
-    handle: &Handle,
-    index: u32,
-    ip: IpAddr,
-    mac: &[u8],
-) -> Result<()> {
+pub async fn set_permanent_neighbour(handle: &Handle, index: u32, ip: IpAddr, mac: &[u8]) -> Result<()> {
     handle
         .neighbours()
         .add(index, ip)

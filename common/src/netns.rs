@@ -24,18 +24,12 @@ impl Netns {
             std::io::ErrorKind::NotFound => CniError::NetnsMissing(path.to_string()),
             _ => CniError::Netns(format!("opening {path}: {e}")),
         })?;
-        let fs = nix::sys::statfs::fstatfs(&file)
-            .map_err(|e| CniError::Netns(format!("statfs {path}: {e}")))?;
+        let fs = nix::sys::statfs::fstatfs(&file).map_err(|e| CniError::Netns(format!("statfs {path}: {e}")))?;
         let magic = fs.filesystem_type().0 as i64;
         if magic != NSFS_MAGIC && magic != PROC_SUPER_MAGIC {
-            return Err(CniError::Netns(format!(
-                "{path} is not a network namespace file (nsfs)"
-            )));
+            return Err(CniError::Netns(format!("{path} is not a network namespace file (nsfs)")));
         }
-        Ok(Netns {
-            file,
-            path: path.to_string(),
-        })
+        Ok(Netns { file, path: path.to_string() })
     }
 
     /// The calling thread's current netns.
@@ -54,12 +48,8 @@ impl Netns {
     /// Enter this netns on the current thread until the guard drops.
     pub fn enter(&self) -> Result<NetnsGuard> {
         let original = Netns::current()?;
-        setns(self.file.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|e| {
-            CniError::Netns(format!(
-                "entering {}: {e} (is it a network namespace?)",
-                self.path
-            ))
-        })?;
+        setns(self.file.as_fd(), CloneFlags::CLONE_NEWNET)
+            .map_err(|e| CniError::Netns(format!("entering {}: {e} (is it a network namespace?)", self.path)))?;
         Ok(NetnsGuard { original })
     }
 

@@ -7,6 +7,7 @@ use crate::error::{CniError, Result};
 use crate::names::Owner;
 use crate::netlink::{self, Link, RouteSpec, Rtnl, VethSpec};
 use crate::netns::Netns;
+use crate::sysctl;
 use crate::types::{network_of, CniResult, Interface, IpConfig, Route};
 use ipnetwork::IpNetwork;
 use rtnetlink::Handle;
@@ -45,34 +46,17 @@ pub fn container_routes(oif: u32, ips: &[IpConfig], routes: &[Route]) -> Result<
     for ip in ips {
         let gw = gateway_of(ip)?;
         let src = Some(ip.address.ip());
-        let gw_host = IpNetwork::new(gw, host_prefix(gw))
-            .map_err(|e| CniError::InvalidConfig(e.to_string()))?;
-        out.push(RouteSpec {
-            oif: Some(oif),
-            src,
-            link_scope: true,
-            ..RouteSpec::new(gw_host)
-        });
+        let gw_host = IpNetwork::new(gw, host_prefix(gw)).map_err(|e| CniError::InvalidConfig(e.to_string()))?;
+        out.push(RouteSpec { oif: Some(oif), src, link_scope: true, ..RouteSpec::new(gw_host) });
         let subnet = network_of(ip.address);
         if subnet.prefix() < host_prefix(gw) {
-            out.push(RouteSpec {
-                oif: Some(oif),
-                src,
-                gateway: Some(gw),
-                ..RouteSpec::new(subnet)
-            });
+            out.push(RouteSpec { oif: Some(oif), src, gateway: Some(gw), ..RouteSpec::new(subnet) });
         }
     }
     for r in routes {
-        let family_gw = ips
-            .iter()
-            .find(|ip| ip.address.is_ipv4() == r.dst.is_ipv4())
-            .and_then(|ip| ip.gateway);
+        let family_gw = ips.iter().find(|ip| ip.address.is_ipv4() == r.dst.is_ipv4()).and_then(|ip| ip.gateway);
         let Some(gw) = r.gw.or(family_gw) else {
-            return Err(CniError::InvalidConfig(format!(
-                "route {} has no gateway of its family",
-                r.dst
-            )));
+            return Err(CniError::InvalidConfig(format!("route {} has no gateway of its family", r.dst)));
         };
         let spec = RouteSpec {
             oif: Some(oif),
@@ -82,10 +66,7 @@ pub fn container_routes(oif: u32, ips: &[IpConfig], routes: &[Route]) -> Result<
             ..RouteSpec::new(network_of(r.dst))
         };
         // IPAM may repeat the subnet route we already add: once is enough.
-        if !out
-            .iter()
-            .any(|o| o.dst == spec.dst && o.table == spec.table)
-        {
+        if !out.iter().any(|o| o.dst == spec.dst && o.table == spec.table) {
             out.push(spec);
         }
     }
@@ -107,6 +88,7 @@ pub fn setup(
             host_name: att.host_ifname,
             peer_name: att.container_ifname,
             peer_ns: pod,
+            host_up: false,
             mtu: att.mtu,
             host_group: att.host_group,
         };
@@ -134,12 +116,17 @@ fn configure(
     ips: &[IpConfig],
     routes: &[Route],
 ) -> Result<(Interface, Interface)> {
+    // Both ends are still down: DAD off now, before their link-local addresses exist.
+    if ips.iter().any(|ip| ip.address.is_ipv6()) {
+        sysctl::disable_dad(att.host_ifname)?;
+        pod.run(|| sysctl::disable_dad(att.container_ifname))??;
+    }
     let pod_handle = rtnl.connect_in(pod)?;
     rtnl.block_on(async {
         let host = require_link(node, att.host_ifname).await?;
-        netlink::set_link_attrs(node, host.index, None, Some(att.alias)).await?;
+        netlink::set_link_attrs(node, host.index, None, Some(att.alias), true).await?;
         let cont = require_link(&pod_handle, att.container_ifname).await?;
-        netlink::set_link_up(&pod_handle, cont.index).await?;
+        netlink::set_link_attrs(&pod_handle, cont.index, None, None, true).await?;
         for ip in ips {
             netlink::add_address(&pod_handle, cont.index, ip.address).await?;
         }
@@ -148,27 +135,18 @@ fn configure(
         }
         for ip in ips {
             let gw = gateway_of(ip)?;
-            let gw_host = IpNetwork::new(gw, host_prefix(gw))
-                .map_err(|e| CniError::InvalidConfig(e.to_string()))?;
+            let gw_host = IpNetwork::new(gw, host_prefix(gw)).map_err(|e| CniError::InvalidConfig(e.to_string()))?;
             netlink::add_address(node, host.index, gw_host).await?;
             let pod_ip = ip.address.ip();
-            let pod_host = IpNetwork::new(pod_ip, host_prefix(pod_ip))
-                .map_err(|e| CniError::InvalidConfig(e.to_string()))?;
+            let pod_host =
+                IpNetwork::new(pod_ip, host_prefix(pod_ip)).map_err(|e| CniError::InvalidConfig(e.to_string()))?;
             netlink::add_route(
                 node,
-                &RouteSpec {
-                    oif: Some(host.index),
-                    link_scope: true,
-                    ..RouteSpec::new(pod_host)
-                },
+                &RouteSpec { oif: Some(host.index), link_scope: true, ..RouteSpec::new(pod_host) },
             )
             .await?;
         }
-        let host_if = Interface {
-            name: host.name.clone(),
-            mac: host.mac_string(),
-            ..Default::default()
-        };
+        let host_if = Interface { name: host.name.clone(), mac: host.mac_string(), ..Default::default() };
         let cont_if = Interface {
             name: cont.name.clone(),
             mac: cont.mac_string(),
@@ -180,9 +158,9 @@ fn configure(
 }
 
 async fn require_link(handle: &Handle, name: &str) -> Result<Link> {
-    netlink::link_by_name(handle, name).await?.ok_or_else(|| {
-        CniError::Netlink(format!("link {name} vanished right after it was created"))
-    })
+    netlink::link_by_name(handle, name)
+        .await?
+        .ok_or_else(|| CniError::Netlink(format!("link {name} vanished right after it was created")))
 }
 
 /// Remove an attachment's veth. The host end is found by its deterministic name and only deleted if it
@@ -223,12 +201,7 @@ pub fn teardown(
 }
 
 /// Delete every host veth tagged by `owner` whose attachment is not in `valid`.
-pub fn gc(
-    rtnl: &Rtnl,
-    node: &Handle,
-    owner: &Owner,
-    valid: &HashSet<(String, String)>,
-) -> Result<usize> {
+pub fn gc(rtnl: &Rtnl, node: &Handle, owner: &Owner, valid: &HashSet<(String, String)>) -> Result<usize> {
     rtnl.block_on(async {
         let mut removed = 0;
         for link in netlink::links(node).await? {
@@ -239,10 +212,7 @@ pub fn gc(
                 continue;
             };
             if !valid.contains(&(cid.to_string(), ifname.to_string())) {
-                log::info!(
-                    "GC: removing {} of stale attachment {cid}/{ifname}",
-                    link.name
-                );
+                log::info!("GC: removing {} of stale attachment {cid}/{ifname}", link.name);
                 if netlink::delete_link(node, link.index).await? {
                     removed += 1;
                 }
@@ -263,35 +233,19 @@ pub fn check(
 ) -> Result<()> {
     let fail = |m: String| Err(CniError::CheckFailed(m));
     let Some(cidx) = result.container_interface(container_ifname) else {
-        return fail(format!(
-            "prevResult has no interface {container_ifname} in a sandbox"
-        ));
+        return fail(format!("prevResult has no interface {container_ifname} in a sandbox"));
     };
-    let ips: Vec<IpConfig> = result
-        .ips
-        .iter()
-        .filter(|ip| ip.interface == Some(cidx))
-        .cloned()
-        .collect();
-    let host_name = result
-        .interfaces
-        .iter()
-        .find(|i| i.sandbox.as_deref().unwrap_or("").is_empty())
-        .map(|i| i.name.clone());
+    let ips: Vec<IpConfig> = result.ips.iter().filter(|ip| ip.interface == Some(cidx)).cloned().collect();
+    let host_name =
+        result.interfaces.iter().find(|i| i.sandbox.as_deref().unwrap_or("").is_empty()).map(|i| i.name.clone());
     let pod_handle = rtnl.connect_in(pod)?;
     rtnl.block_on(async {
         let Some(cont) = netlink::link_by_name(&pod_handle, container_ifname).await? else {
-            return fail(format!(
-                "interface {container_ifname} is missing from {}",
-                pod.path()
-            ));
+            return fail(format!("interface {container_ifname} is missing from {}", pod.path()));
         };
         let want_mac = &result.interfaces[cidx].mac;
         if !want_mac.is_empty() && !want_mac.eq_ignore_ascii_case(&cont.mac_string()) {
-            return fail(format!(
-                "{container_ifname} has MAC {}, result says {want_mac}",
-                cont.mac_string()
-            ));
+            return fail(format!("{container_ifname} has MAC {}, result says {want_mac}", cont.mac_string()));
         }
         let have = netlink::addresses(&pod_handle, cont.index).await?;
         for ip in &ips {
@@ -309,10 +263,7 @@ pub fn check(
                     && r.table == Some(want.table.unwrap_or(254))
             });
             if !found {
-                return fail(format!(
-                    "route to {} via {:?} is missing in the pod",
-                    want.dst, want.gateway
-                ));
+                return fail(format!("route to {} via {:?} is missing in the pod", want.dst, want.gateway));
             }
         }
         if let Some(host_name) = host_name {
@@ -321,10 +272,7 @@ pub fn check(
             };
             if let Some(g) = host_group {
                 if host.group != g {
-                    return fail(format!(
-                        "host interface {host_name} is in group {}, config says {g}",
-                        host.group
-                    ));
+                    return fail(format!("host interface {host_name} is in group {}, config says {g}", host.group));
                 }
             }
         }
@@ -338,25 +286,16 @@ mod tests {
     use crate::types::parse_cidr;
 
     fn ip(addr: &str, gw: &str) -> IpConfig {
-        IpConfig {
-            interface: Some(1),
-            address: parse_cidr(addr).unwrap(),
-            gateway: Some(gw.parse().unwrap()),
-        }
+        IpConfig { interface: Some(1), address: parse_cidr(addr).unwrap(), gateway: Some(gw.parse().unwrap()) }
     }
 
     #[test]
     fn routes_follow_seed_001() {
         let ips = [ip("10.1.0.5/24", "10.1.0.1"), ip("fd00::5/64", "fd00::1")];
-        let routes = [
-            Route::new(parse_cidr("0.0.0.0/0").unwrap(), None),
-            Route::new(parse_cidr("10.1.0.0/24").unwrap(), None),
-        ];
+        let routes =
+            [Route::new(parse_cidr("0.0.0.0/0").unwrap(), None), Route::new(parse_cidr("10.1.0.0/24").unwrap(), None)];
         let r = container_routes(7, &ips, &routes).unwrap();
-        let show: Vec<String> = r
-            .iter()
-            .map(|r| format!("{} {:?} {}", r.dst, r.gateway, r.link_scope))
-            .collect();
+        let show: Vec<String> = r.iter().map(|r| format!("{} {:?} {}", r.dst, r.gateway, r.link_scope)).collect();
         assert_eq!(
             show,
             [

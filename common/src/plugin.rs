@@ -37,10 +37,7 @@ pub fn run<P: Plugin>() -> ! {
                 .cloned()
                 .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
                 .unwrap_or_else(|| "panic".into());
-            (
-                Some(CniError::Internal(msg).to_json(CniVersion::LATEST.as_str())),
-                false,
-            )
+            (Some(CniError::Internal(msg).to_json(CniVersion::LATEST.as_str())), false)
         }
     };
     if let Some(reply) = reply {
@@ -54,9 +51,7 @@ pub fn run<P: Plugin>() -> ! {
 
 type Failure = (&'static str, CniError);
 
-fn serve<P: Plugin>(
-    env: &Env<impl Fn(&str) -> Option<String>>,
-) -> std::result::Result<Option<Value>, Failure> {
+fn serve<P: Plugin>(env: &Env<impl Fn(&str) -> Option<String>>) -> std::result::Result<Option<Value>, Failure> {
     let latest = CniVersion::LATEST.as_str();
     let command = env.command().map_err(|e| (latest, e))?;
     let stdin = read_stdin().map_err(|e| (latest, e))?;
@@ -93,9 +88,7 @@ fn read_stdin() -> Result<Vec<u8>> {
         .read_to_end(&mut buf)
         .map_err(|e| CniError::Io(format!("reading stdin: {e}")))?;
     if buf.len() as u64 > MAX_STDIN {
-        return Err(CniError::Decode(format!(
-            "network config is larger than {MAX_STDIN} bytes"
-        )));
+        return Err(CniError::Decode(format!("network config is larger than {MAX_STDIN} bytes")));
     }
     Ok(buf)
 }

@@ -11,17 +11,11 @@ fn path(key: &str) -> String {
 pub fn get(key: &str) -> Result<String> {
     fs::read_to_string(path(key))
         .map(|s| s.trim().to_string())
-        .map_err(|e| CniError::Sysctl {
-            key: key.into(),
-            msg: e.to_string(),
-        })
+        .map_err(|e| CniError::Sysctl { key: key.into(), msg: e.to_string() })
 }
 
 pub fn set(key: &str, value: &str) -> Result<()> {
-    fs::write(path(key), value).map_err(|e| CniError::Sysctl {
-        key: key.into(),
-        msg: e.to_string(),
-    })
+    fs::write(path(key), value).map_err(|e| CniError::Sysctl { key: key.into(), msg: e.to_string() })
 }
 
 /// Set `key` only if it differs: writing forwarding sysctls resets per-interface state in the kernel.
@@ -41,4 +35,11 @@ pub fn enable_forwarding(ipv4: bool, ipv6: bool) -> Result<()> {
         ensure("net/ipv6/conf/all/forwarding", "1")?;
     }
     Ok(())
+}
+
+/// Turn IPv6 duplicate address detection off on a link that is still down, so its link-local
+/// address is usable at once: the kernel sends no neighbour solicitation for forwarded packets
+/// while the link-local address is tentative, which drops a new pod's first packets.
+pub fn disable_dad(ifname: &str) -> Result<()> {
+    set(&format!("net/ipv6/conf/{ifname}/accept_dad"), "0")
 }

@@ -31,9 +31,7 @@ pub mod cidr {
     pub fn serialize<S: Serializer>(n: &IpNetwork, s: S) -> std::result::Result<S::Ok, S::Error> {
         s.collect_str(n)
     }
-    pub fn deserialize<'de, D: Deserializer<'de>>(
-        d: D,
-    ) -> std::result::Result<IpNetwork, D::Error> {
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<IpNetwork, D::Error> {
         let s = String::deserialize(d)?;
         parse_cidr(&s).map_err(serde::de::Error::custom)
     }
@@ -42,25 +40,17 @@ pub mod cidr {
 /// Serde adapter for an optional IP where runtimes sometimes send `""` for "none".
 pub mod opt_ip {
     use super::*;
-    pub fn serialize<S: Serializer>(
-        ip: &Option<IpAddr>,
-        s: S,
-    ) -> std::result::Result<S::Ok, S::Error> {
+    pub fn serialize<S: Serializer>(ip: &Option<IpAddr>, s: S) -> std::result::Result<S::Ok, S::Error> {
         match ip {
             Some(ip) => s.collect_str(ip),
             None => s.serialize_none(),
         }
     }
-    pub fn deserialize<'de, D: Deserializer<'de>>(
-        d: D,
-    ) -> std::result::Result<Option<IpAddr>, D::Error> {
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Option<IpAddr>, D::Error> {
         match Option::<String>::deserialize(d)? {
             None => Ok(None),
             Some(s) if s.is_empty() => Ok(None),
-            Some(s) => s
-                .parse()
-                .map(Some)
-                .map_err(|_| serde::de::Error::custom(format!("{s:?} is not an IP address"))),
+            Some(s) => s.parse().map(Some).map_err(|_| serde::de::Error::custom(format!("{s:?} is not an IP address"))),
         }
     }
 }
@@ -74,11 +64,7 @@ pub struct Interface {
     pub mtu: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sandbox: Option<String>,
-    #[serde(
-        rename = "socketPath",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(rename = "socketPath", default, skip_serializing_if = "Option::is_none")]
     pub socket_path: Option<String>,
     #[serde(rename = "pciID", default, skip_serializing_if = "Option::is_none")]
     pub pci_id: Option<String>,
@@ -115,15 +101,7 @@ pub struct Route {
 
 impl Route {
     pub fn new(dst: IpNetwork, gw: Option<IpAddr>) -> Self {
-        Route {
-            dst,
-            gw,
-            mtu: None,
-            advmss: None,
-            priority: None,
-            table: None,
-            scope: None,
-        }
+        Route { dst, gw, mtu: None, advmss: None, priority: None, table: None, scope: None }
     }
 }
 
@@ -141,10 +119,7 @@ pub struct Dns {
 
 impl Dns {
     pub fn is_empty(&self) -> bool {
-        self.nameservers.is_empty()
-            && self.domain.is_empty()
-            && self.search.is_empty()
-            && self.options.is_empty()
+        self.nameservers.is_empty() && self.domain.is_empty() && self.search.is_empty() && self.options.is_empty()
     }
 }
 
@@ -184,11 +159,7 @@ impl CniResult {
         out.insert("cniVersion".into(), Value::from(version.as_str()));
         if !version.has_1_1_fields() {
             strip(&mut out, "interfaces", &["mtu", "socketPath", "pciID"]);
-            strip(
-                &mut out,
-                "routes",
-                &["mtu", "advmss", "priority", "table", "scope"],
-            );
+            strip(&mut out, "routes", &["mtu", "advmss", "priority", "table", "scope"]);
         }
         if version.ip_has_version_field() {
             if let Some(Value::Array(ips)) = out.get_mut("ips") {
@@ -205,9 +176,7 @@ impl CniResult {
 
     /// Index of the interface named `name` that lives in a sandbox (the container side).
     pub fn container_interface(&self, name: &str) -> Option<usize> {
-        self.interfaces
-            .iter()
-            .position(|i| i.name == name && i.sandbox.as_deref().is_some_and(|s| !s.is_empty()))
+        self.interfaces.iter().position(|i| i.name == name && i.sandbox.as_deref().is_some_and(|s| !s.is_empty()))
     }
 }
 
@@ -233,9 +202,7 @@ pub struct Attachment {
 }
 
 /// A number given as a JSON number or a numeric string (AWS configs write `"mtu": "9001"`).
-pub fn number_or_string<'de, D: Deserializer<'de>>(
-    d: D,
-) -> std::result::Result<Option<u32>, D::Error> {
+pub fn number_or_string<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Option<u32>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum NumOrStr {
@@ -246,11 +213,9 @@ pub fn number_or_string<'de, D: Deserializer<'de>>(
         None => Ok(None),
         Some(NumOrStr::Num(n)) => Ok(Some(n)),
         Some(NumOrStr::Str(s)) if s.is_empty() => Ok(None),
-        Some(NumOrStr::Str(s)) => s
-            .trim()
-            .parse()
-            .map(Some)
-            .map_err(|_| serde::de::Error::custom(format!("{s:?} is not a number"))),
+        Some(NumOrStr::Str(s)) => {
+            s.trim().parse().map(Some).map_err(|_| serde::de::Error::custom(format!("{s:?} is not a number")))
+        }
     }
 }
 
@@ -289,11 +254,7 @@ mod tests {
         for v in crate::version::SUPPORTED {
             let out = r.to_value(v);
             assert_eq!(out["cniVersion"], v.as_str());
-            assert_eq!(
-                out["ips"][0].get("version").is_some(),
-                v < CniVersion::V1_0_0,
-                "{v}"
-            );
+            assert_eq!(out["ips"][0].get("version").is_some(), v < CniVersion::V1_0_0, "{v}");
             assert_eq!(CniResult::from_value(&out).unwrap(), r, "round trip at {v}");
         }
     }
@@ -301,11 +262,7 @@ mod tests {
     #[test]
     fn drops_1_1_fields_for_older_versions() {
         let mut r = CniResult::default();
-        r.interfaces.push(Interface {
-            name: "eth0".into(),
-            mtu: Some(1400),
-            ..Default::default()
-        });
+        r.interfaces.push(Interface { name: "eth0".into(), mtu: Some(1400), ..Default::default() });
         let mut route = Route::new(parse_cidr("0.0.0.0/0").unwrap(), None);
         route.table = Some(100);
         route.scope = Some(0);
@@ -323,31 +280,15 @@ mod tests {
     fn strict_cidr_parsing() {
         assert!(parse_cidr("10.0.0.0/8").is_ok());
         assert!(parse_cidr("fd00::1/64").is_ok());
-        for bad in [
-            "10.0.0.1",
-            "10.0.0.0/33",
-            "10.0.0.0/",
-            "10.0.0.0/+8",
-            "x/8",
-            "fd00::/129",
-            "10.0.0.0/8 ",
-        ] {
+        for bad in ["10.0.0.1", "10.0.0.0/33", "10.0.0.0/", "10.0.0.0/+8", "x/8", "fd00::/129", "10.0.0.0/8 "] {
             assert_eq!(parse_cidr(bad).unwrap_err().code(), 7, "{bad}");
         }
-        assert_eq!(
-            network_of(parse_cidr("10.1.2.3/16").unwrap()).to_string(),
-            "10.1.0.0/16"
-        );
+        assert_eq!(network_of(parse_cidr("10.1.2.3/16").unwrap()).to_string(), "10.1.0.0/16");
     }
 
     #[test]
     fn rejects_legacy_and_malformed_results() {
-        assert_eq!(
-            CniResult::from_value(&json!({"cniVersion": "0.2.0", "ip4": {}}))
-                .unwrap_err()
-                .code(),
-            1
-        );
+        assert_eq!(CniResult::from_value(&json!({"cniVersion": "0.2.0", "ip4": {}})).unwrap_err().code(), 1);
         let bad = json!({"cniVersion": "1.0.0", "ips": [{"address": "10.0.0.1"}]});
         assert_eq!(CniResult::from_value(&bad).unwrap_err().code(), 6);
         let bad = json!({"cniVersion": "1.0.0", "interfaces": "eth0"});
@@ -356,8 +297,7 @@ mod tests {
 
     #[test]
     fn empty_gateway_string_means_none() {
-        let r = CniResult::from_value(&json!({"ips": [{"address": "10.0.0.2/24", "gateway": ""}]}))
-            .unwrap();
+        let r = CniResult::from_value(&json!({"ips": [{"address": "10.0.0.2/24", "gateway": ""}]})).unwrap();
         assert_eq!(r.ips[0].gateway, None);
     }
 
@@ -368,14 +308,8 @@ mod tests {
             #[serde(default, deserialize_with = "number_or_string")]
             mtu: Option<u32>,
         }
-        assert_eq!(
-            serde_json::from_str::<C>(r#"{"mtu": "9001"}"#).unwrap().mtu,
-            Some(9001)
-        );
-        assert_eq!(
-            serde_json::from_str::<C>(r#"{"mtu": 1500}"#).unwrap().mtu,
-            Some(1500)
-        );
+        assert_eq!(serde_json::from_str::<C>(r#"{"mtu": "9001"}"#).unwrap().mtu, Some(9001));
+        assert_eq!(serde_json::from_str::<C>(r#"{"mtu": 1500}"#).unwrap().mtu, Some(1500));
         assert_eq!(serde_json::from_str::<C>(r#"{}"#).unwrap().mtu, None);
         assert!(serde_json::from_str::<C>(r#"{"mtu": "big"}"#).is_err());
         assert!(serde_json::from_str::<C>(r#"{"mtu": true}"#).is_err());

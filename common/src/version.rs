@@ -12,28 +12,19 @@ pub enum CniVersion {
     V1_1_0,
 }
 
-pub const SUPPORTED: [CniVersion; 5] = [
-    CniVersion::V0_3_0,
-    CniVersion::V0_3_1,
-    CniVersion::V0_4_0,
-    CniVersion::V1_0_0,
-    CniVersion::V1_1_0,
-];
+pub const SUPPORTED: [CniVersion; 5] =
+    [CniVersion::V0_3_0, CniVersion::V0_3_1, CniVersion::V0_4_0, CniVersion::V1_0_0, CniVersion::V1_1_0];
 
 impl CniVersion {
     pub const LATEST: CniVersion = CniVersion::V1_1_0;
 
     pub fn parse(s: &str) -> Result<Self> {
-        SUPPORTED
-            .iter()
-            .copied()
-            .find(|v| v.as_str() == s)
-            .ok_or_else(|| {
-                CniError::IncompatibleVersion(format!(
-                    "config version {s:?} is not supported; this plugin supports {}",
-                    SUPPORTED.map(|v| v.as_str()).join(", ")
-                ))
-            })
+        SUPPORTED.iter().copied().find(|v| v.as_str() == s).ok_or_else(|| {
+            CniError::IncompatibleVersion(format!(
+                "config version {s:?} is not supported; this plugin supports {}",
+                SUPPORTED.map(|v| v.as_str()).join(", ")
+            ))
+        })
     }
 
     pub fn as_str(self) -> &'static str {

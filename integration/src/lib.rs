@@ -1,1 +1,319 @@
+//! Test harness: throwaway network namespaces (a parked thread that unshared, exposed as
+//! `/proc/<pid>/task/<tid>/ns/net`, so nothing is mounted and everything vanishes with the test
+//! process, even on a crash), CNI calls of the built plugins inside a "node" netns, and kernel state
+//! read back with `ip -j`.
 
+use serde_json::{json, Value};
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::AsFd;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+
+/// Where the plugins under test are: `target/release` of this workspace.
+pub fn bin_dir() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release");
+    assert!(dir.join("ptp").is_file(), "build the plugins first: cargo build --release");
+    dir.canonicalize().unwrap()
+}
+
+/// Debian's reference plugins (package containernetworking-plugins).
+pub const REFERENCE_DIR: &str = "/usr/lib/cni";
+
+/// CNI_PATH for tests: ours first, then the reference plugins.
+pub fn cni_path() -> String {
+    format!("{}:{REFERENCE_DIR}", bin_dir().display())
+}
+
+/// A network namespace alive as long as this value.
+pub struct Netns {
+    path: String,
+    stop: Option<mpsc::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Netns {
+    pub fn new() -> Netns {
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let (stop_tx, stop_rx) = mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+                .expect("unshare(CLONE_NEWNET): run the tests as root");
+            let path = format!("/proc/{}/task/{}/ns/net", std::process::id(), nix::unistd::gettid());
+            ready_tx.send(path).unwrap();
+            let _ = stop_rx.recv();
+        });
+        let path = ready_rx.recv().expect("netns thread died");
+        let ns = Netns { path, stop: Some(stop_tx), thread: Some(thread) };
+        ns.ip(&["link", "set", "lo", "up"]);
+        ns
+    }
+
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// A command that runs inside this netns.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let ns = File::open(&self.path).expect("open netns");
+        let mut cmd = Command::new(program);
+        // SAFETY: setns is a plain syscall, async-signal-safe between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)
+            });
+        }
+        cmd
+    }
+
+    /// Run `ip args...` here; panics if it fails.
+    pub fn ip(&self, args: &[&str]) -> String {
+        let out = self.command("ip").args(args).output().expect("run ip");
+        assert!(out.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `ip -j args...` parsed.
+    pub fn ip_json(&self, args: &[&str]) -> Value {
+        let mut full = vec!["-j"];
+        full.extend_from_slice(args);
+        let text = self.ip(&full);
+        if text.trim().is_empty() {
+            return json!([]);
+        }
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("ip {args:?} gave no JSON ({e}): {text}"))
+    }
+
+    /// A link by name, or None.
+    pub fn link(&self, name: &str) -> Option<Value> {
+        let links = self.ip_json(&["-d", "link", "show"]);
+        links.as_array()?.iter().find(|l| l["ifname"] == name).cloned()
+    }
+
+    /// Names of veth links here.
+    pub fn veths(&self) -> Vec<String> {
+        let links = self.ip_json(&["link", "show", "type", "veth"]);
+        links
+            .as_array()
+            .map(|a| a.iter().filter_map(|l| l["ifname"].as_str().map(String::from)).collect())
+            .unwrap_or_default()
+    }
+
+    /// `address/prefix` strings on a link, link-local ones left out.
+    pub fn addresses(&self, dev: &str) -> Vec<String> {
+        let v = self.ip_json(&["addr", "show", "dev", dev]);
+        v[0]["addr_info"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter(|i| i["scope"] != "link")
+                    .map(|i| format!("{}/{}", i["local"].as_str().unwrap_or(""), i["prefixlen"]))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Routes of one family as `dst via gw dev scope` strings (main table), for readable asserts.
+    pub fn routes(&self, family: &str) -> Vec<String> {
+        let v = self.ip_json(&[family, "route", "show"]);
+        v.as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|r| {
+                        let mut s = r["dst"].as_str().unwrap_or("").to_string();
+                        if let Some(gw) = r["gateway"].as_str() {
+                            s += &format!(" via {gw}");
+                        }
+                        s += &format!(" dev {}", r["dev"].as_str().unwrap_or(""));
+                        if let Some(scope) = r["scope"].as_str() {
+                            s += &format!(" scope {scope}");
+                        }
+                        s
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// One ping to `addr`; true if answered.
+    pub fn ping(&self, addr: &str) -> bool {
+        self.command("ping")
+            .args(["-c", "1", "-W", "2", addr])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+    }
+}
+
+impl Default for Netns {
+    fn default() -> Self {
+        Netns::new()
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A temporary directory removed on drop.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let p = std::env::temp_dir().join(format!(
+            "cni-chain-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    pub fn str(&self) -> &str {
+        self.0.to_str().unwrap()
+    }
+
+    /// Files below `sub` (empty if it does not exist), sorted.
+    pub fn files(&self, sub: &str) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(self.0.join(sub))
+            .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// What a plugin call printed and returned.
+#[derive(Debug)]
+pub struct Reply {
+    pub success: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Reply {
+    fn from(out: Output) -> Reply {
+        Reply {
+            success: out.status.success(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {:?}\nstderr: {}", self.stdout, self.stderr))
+    }
+
+    /// Assert success and return the parsed result (Null when stdout is empty).
+    pub fn ok(&self) -> Value {
+        assert!(self.success, "plugin failed: {}\nstderr: {}", self.stdout, self.stderr);
+        assert!(!self.stderr.contains("panicked"), "plugin panicked: {}", self.stderr);
+        if self.stdout.trim().is_empty() {
+            Value::Null
+        } else {
+            self.json()
+        }
+    }
+
+    /// Assert a CNI error with `code` and return its message.
+    pub fn err(&self, code: u64) -> String {
+        assert!(!self.success, "expected error code {code}, got success: {}", self.stdout);
+        assert!(!self.stderr.contains("panicked"), "plugin panicked: {}", self.stderr);
+        let v = self.json();
+        assert_eq!(v["code"], code, "wrong code: {v}\nstderr: {}", self.stderr);
+        v["msg"].as_str().unwrap_or_default().to_string()
+    }
+}
+
+/// One CNI call: the env the spec names, with any entry overridable or removable (value None).
+pub struct Call<'a> {
+    pub plugin: &'a str,
+    pub command: &'a str,
+    pub container_id: &'a str,
+    pub netns: &'a str,
+    pub ifname: &'a str,
+    pub env: Vec<(&'a str, Option<String>)>,
+}
+
+impl<'a> Call<'a> {
+    pub fn new(plugin: &'a str, command: &'a str, container_id: &'a str, netns: &'a str) -> Self {
+        Call { plugin, command, container_id, netns, ifname: "eth0", env: Vec::new() }
+    }
+
+    pub fn ifname(mut self, ifname: &'a str) -> Self {
+        self.ifname = ifname;
+        self
+    }
+
+    pub fn env(mut self, key: &'a str, value: Option<&str>) -> Self {
+        self.env.push((key, value.map(String::from)));
+        self
+    }
+
+    /// Run the plugin inside `node` with `stdin`.
+    pub fn run(&self, node: &Netns, stdin: &[u8]) -> Reply {
+        self.run_with(node, stdin, |_| {})
+    }
+
+    /// As `run`, letting the caller adjust the process (e.g. a private mount namespace).
+    pub fn run_with(&self, node: &Netns, stdin: &[u8], adjust: impl FnOnce(&mut Command)) -> Reply {
+        let bin = if self.plugin.contains('/') { PathBuf::from(self.plugin) } else { bin_dir().join(self.plugin) };
+        let mut cmd = node.command(bin);
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("CNI_COMMAND", self.command)
+            .env("CNI_CONTAINERID", self.container_id)
+            .env("CNI_NETNS", self.netns)
+            .env("CNI_IFNAME", self.ifname)
+            .env("CNI_PATH", cni_path());
+        for (k, v) in &self.env {
+            match v {
+                Some(v) => cmd.env(k, v),
+                None => cmd.env_remove(k),
+            };
+        }
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        adjust(&mut cmd);
+        let mut child = cmd.spawn().expect("spawn plugin");
+        let _ = child.stdin.take().unwrap().write_all(stdin);
+        Reply::from(child.wait_with_output().expect("wait plugin"))
+    }
+}
+
+/// `config` with `prevResult` set, as a runtime sends it for CHECK/DEL and to chained plugins.
+pub fn with_prev_result(config: &Value, result: &Value) -> Vec<u8> {
+    let mut c = config.clone();
+    c["prevResult"] = result.clone();
+    serde_json::to_vec(&c).unwrap()
+}
+
+/// `config` with GC's valid attachments.
+pub fn with_valid_attachments(config: &Value, attachments: &[(&str, &str)]) -> Vec<u8> {
+    let mut c = config.clone();
+    c["cni.dev/valid-attachments"] =
+        attachments.iter().map(|(id, ifname)| json!({"containerID": id, "ifname": ifname})).collect();
+    serde_json::to_vec(&c).unwrap()
+}

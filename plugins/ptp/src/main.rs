@@ -2,6 +2,7 @@
 
 mod config;
 
+use common::linkgroup::GroupRef;
 use common::names::{self, Owner};
 use common::netlink::Rtnl;
 use common::netns::Netns;
@@ -16,15 +17,13 @@ fn settings(inv: &Invocation) -> Result<Settings> {
 }
 
 fn owner(inv: &Invocation) -> Owner<'_> {
-    Owner {
-        plugin: "ptp",
-        network: &inv.config.net.name,
-    }
+    Owner { plugin: "ptp", network: &inv.config.net.name }
 }
 
 impl Plugin for Ptp {
     fn add(inv: &Invocation) -> Result<CniResult> {
         let s = settings(inv)?;
+        let group = s.group.as_ref().map(GroupRef::resolve).transpose()?;
         let host_ifname = names::host_ifname(&s.veth_prefix, &inv.container_id, &inv.ifname)?;
         let alias = owner(inv).alias(&inv.container_id, &inv.ifname)?;
         let pod = Netns::open(&inv.netns)?;
@@ -43,7 +42,7 @@ impl Plugin for Ptp {
                 container_ifname: &inv.ifname,
                 alias: &alias,
                 mtu: s.mtu,
-                host_group: s.group,
+                host_group: group,
             };
             p2p::setup(&rtnl, &node, &pod, &att, &result.ips, &result.routes)
         })();
@@ -71,32 +70,24 @@ impl Plugin for Ptp {
         // A missing or unusable netns is normal for DEL: the host end is found by name.
         let pod = match inv.netns.as_str() {
             "" => None,
-            path => Netns::open(path)
-                .map_err(|e| log::info!("DEL without the pod netns: {e}"))
-                .ok(),
+            path => Netns::open(path).map_err(|e| log::info!("DEL without the pod netns: {e}")).ok(),
         };
         let rtnl = Rtnl::new()?;
         let node = rtnl.connect()?;
-        let links = p2p::teardown(
-            &rtnl,
-            &node,
-            &host_ifname,
-            &alias,
-            pod.as_ref(),
-            &inv.ifname,
-        );
+        let links = p2p::teardown(&rtnl, &node, &host_ifname, &alias, pod.as_ref(), &inv.ifname);
         let addresses = ipam::exec(inv, Command::Del).map(|_| ());
         links.and(addresses)
     }
 
     fn check(inv: &Invocation) -> Result<()> {
         let s = settings(inv)?;
+        let group = s.group.as_ref().map(GroupRef::resolve).transpose()?;
         let prev = inv.config.require_prev_result()?;
         ipam::exec(inv, Command::Check)?;
         let pod = Netns::open(&inv.netns)?;
         let rtnl = Rtnl::new()?;
         let node = rtnl.connect()?;
-        p2p::check(&rtnl, &node, &pod, &prev, &inv.ifname, s.group)
+        p2p::check(&rtnl, &node, &pod, &prev, &inv.ifname, group)
     }
 
     fn status(inv: &Invocation) -> Result<()> {
@@ -107,12 +98,8 @@ impl Plugin for Ptp {
     fn gc(inv: &Invocation) -> Result<()> {
         settings(inv)?;
         let addresses = ipam::exec(inv, Command::Gc).map(|_| ());
-        let valid: HashSet<(String, String)> = inv
-            .config
-            .valid_attachments()
-            .into_iter()
-            .map(|a| (a.container_id, a.ifname))
-            .collect();
+        let valid: HashSet<(String, String)> =
+            inv.config.valid_attachments().into_iter().map(|a| (a.container_id, a.ifname)).collect();
         let rtnl = Rtnl::new()?;
         let node = rtnl.connect()?;
         let links = p2p::gc(&rtnl, &node, &owner(inv), &valid).map(|_| ());
