@@ -334,3 +334,21 @@ fn version_1_1_results_status_and_gc_of_stale_veths() {
     Call::new("ptp", "GC", "", "").env("CNI_PATH", Some(&path)).run(&node, &bytes(&old)).err(1);
     Call::new("ptp", "STATUS", "", "").env("CNI_PATH", Some(&path)).run(&node, &bytes(&old)).err(1);
 }
+
+#[test]
+fn shipped_conflist_wires_a_pod() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../conflists/10-cni-chain-ptp.conflist");
+    let list: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    // What a runtime does: each plugin gets the list's cniVersion and name.
+    let mut conf = list["plugins"][0].clone();
+    conf["cniVersion"] = list["cniVersion"].clone();
+    conf["name"] = list["name"].clone();
+    let data = TempDir::new("ipam");
+    conf["ipam"]["dataDir"] = json!(data.str());
+    let (node, pod) = (Netns::new(), Netns::new());
+    let r = add(&node, &pod, "cl", &conf);
+    assert_eq!(node.link(&host_veth(&r)).unwrap()["group"], "8");
+    assert!(pod.ping(r["ips"][0]["gateway"].as_str().unwrap()));
+    del(&node, pod.path(), "cl", &with_prev_result(&conf, &r));
+    assert!(node.veths().is_empty());
+}

@@ -1,0 +1,44 @@
+# cni-chain: build, test, demo and install the plugins. Every target installs what it needs itself.
+
+CNI_BIN_DIR ?= /opt/cni/bin
+DESTDIR ?=
+PLUGINS := ptp
+# Kernel tests make namespaces and processes: keep parallelism modest on small machines.
+TEST_THREADS ?= 4
+APT_PACKAGES := containernetworking-plugins iproute2 iputils-ping nftables
+
+.PHONY: all build deps test unit lint demo install clean
+
+all: build
+
+# Debian packages the tests and demo use (reference plugins for IPAM and comparison, ip, ping).
+deps:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+	@command -v cargo >/dev/null || { echo "cargo is required (rustup)"; exit 1; }
+	@cargo fmt --version >/dev/null 2>&1 || rustup component add rustfmt
+	@cargo clippy --version >/dev/null 2>&1 || rustup component add clippy
+
+build:
+	cargo build --release --locked
+
+lint:
+	cargo fmt --check
+	cargo clippy --all-targets --locked -- -D warnings
+
+# Unit tests and the kernel integration tests (as root: they create network namespaces).
+test: deps lint build
+	cargo test --workspace --release --locked -- --test-threads $(TEST_THREADS)
+
+demo: deps build
+	bash scripts/demo.sh
+
+install: build
+	install -d $(DESTDIR)$(CNI_BIN_DIR)
+	for p in $(PLUGINS); do install -m 0755 target/release/$$p $(DESTDIR)$(CNI_BIN_DIR)/$$p; done
+
+clean:
+	cargo clean
