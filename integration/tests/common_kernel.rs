@@ -1,0 +1,66 @@
+//! `common`'s kernel helpers that no plugin exercises yet (rules, neighbours), and the netns guard.
+
+use common::netlink::{self, Rtnl, RuleSpec};
+use common::netns::Netns as NsHandle;
+use common::types::parse_cidr;
+use integration::Netns;
+
+#[test]
+fn policy_rule_looks_up_its_table_and_deletes_idempotently() {
+    let ns = Netns::new();
+    let rtnl = Rtnl::new().unwrap();
+    let h = rtnl.connect_in(&NsHandle::open(ns.path()).unwrap()).unwrap();
+    let rule = RuleSpec { src: Some(parse_cidr("10.50.0.0/16").unwrap()), dst: None, table: 1000, priority: 900 };
+    rtnl.block_on(netlink::add_rule(&h, &rule)).unwrap();
+    let rules = ns.ip_json(&["-4", "rule", "show"]);
+    let ours = rules.as_array().unwrap().iter().find(|r| r["priority"] == 900).expect("rule added");
+    assert_eq!(ours["src"], "10.50.0.0");
+    assert_eq!(ours["srclen"], 16);
+    assert_eq!(ours["table"], "1000", "the action must be a table lookup: {ours}");
+    assert!(rtnl.block_on(netlink::delete_rule(&h, &rule)).unwrap());
+    assert!(!rtnl.block_on(netlink::delete_rule(&h, &rule)).unwrap(), "second delete finds nothing");
+}
+
+#[test]
+fn permanent_neighbour_is_set_and_replaced() {
+    let ns = Netns::new();
+    ns.ip(&["link", "add", "n0", "type", "veth", "peer", "name", "n1"]);
+    let rtnl = Rtnl::new().unwrap();
+    let h = rtnl.connect_in(&NsHandle::open(ns.path()).unwrap()).unwrap();
+    let link = rtnl.block_on(netlink::link_by_name(&h, "n0")).unwrap().unwrap();
+    let ip = "169.254.1.1".parse().unwrap();
+    rtnl.block_on(netlink::set_permanent_neighbour(&h, link.index, ip, &[2, 0, 0, 0, 0, 1])).unwrap();
+    rtnl.block_on(netlink::set_permanent_neighbour(&h, link.index, ip, &[2, 0, 0, 0, 0, 2])).unwrap();
+    let neigh = ns.ip_json(&["neigh", "show", "dev", "n0"]);
+    assert_eq!(neigh[0]["dst"], "169.254.1.1");
+    assert_eq!(neigh[0]["lladdr"], "02:00:00:00:00:02");
+    assert_eq!(neigh[0]["state"][0], "PERMANENT");
+}
+
+#[test]
+fn netns_guard_returns_to_the_original_namespace_even_on_panic() {
+    let ns = Netns::new();
+    let inode = |p: &str| std::fs::metadata(p).map(|m| std::os::unix::fs::MetadataExt::ino(&m)).unwrap();
+    let target = NsHandle::open(ns.path()).unwrap();
+    std::thread::spawn(move || {
+        let before = inode("/proc/thread-self/ns/net");
+        let caught = std::panic::catch_unwind(|| {
+            let _guard = target.enter().unwrap();
+            assert_ne!(inode("/proc/thread-self/ns/net"), before, "entered");
+            panic!("inside the pod netns");
+        });
+        assert!(caught.is_err());
+        assert_eq!(inode("/proc/thread-self/ns/net"), before, "back after the panic");
+    })
+    .join()
+    .unwrap();
+}
+
+#[test]
+fn netns_open_refuses_files_that_are_not_namespaces() {
+    let dir = integration::TempDir::new("ns");
+    let file = dir.path().join("plain");
+    std::fs::write(&file, "").unwrap();
+    assert_eq!(NsHandle::open(file.to_str().unwrap()).unwrap_err().code(), 101);
+    assert_eq!(NsHandle::open("/nonexistent").unwrap_err().code(), 3);
+}
