@@ -22,8 +22,6 @@ pub mod code {
     pub const DELEGATE: u32 = 103;
     pub const CHECK_FAILED: u32 = 104;
     pub const INTERNAL: u32 = 105;
-    pub const NFTABLES: u32 = 106;
-    pub const ADDRESS_EXHAUSTED: u32 = 107;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -32,8 +30,6 @@ pub enum CniError {
     IncompatibleVersion(String),
     #[error("unsupported field in network configuration: {0}")]
     UnsupportedField(String),
-    #[error("container unknown or does not exist: {0}")]
-    UnknownContainer(String),
     #[error("invalid environment variable: {0}")]
     InvalidEnv(String),
     #[error("I/O failure: {0}")]
@@ -44,8 +40,6 @@ pub enum CniError {
     InvalidConfig(String),
     #[error("try again later: {0}")]
     TryAgainLater(String),
-    #[error("plugin not available: {0}")]
-    NotAvailable(String),
     #[error("network namespace {0} does not exist")]
     NetnsMissing(String),
     #[error("network namespace: {0}")]
@@ -54,12 +48,8 @@ pub enum CniError {
     Netlink(String),
     #[error("sysctl {key}: {msg}")]
     Sysctl { key: String, msg: String },
-    #[error("nftables: {0}")]
-    Nftables(String),
     #[error("check failed: {0}")]
     CheckFailed(String),
-    #[error("no free address: {0}")]
-    AddressExhausted(String),
     /// An error a delegated plugin (IPAM) reported: its code and message are passed on as they are.
     #[error("{msg}")]
     Delegated { code: u32, msg: String, details: String },
@@ -75,19 +65,16 @@ impl CniError {
         match self {
             IncompatibleVersion(_) => code::INCOMPATIBLE_VERSION,
             UnsupportedField(_) => code::UNSUPPORTED_FIELD,
-            UnknownContainer(_) | NetnsMissing(_) => code::UNKNOWN_CONTAINER,
+            NetnsMissing(_) => code::UNKNOWN_CONTAINER,
             InvalidEnv(_) => code::INVALID_ENV,
             Io(_) => code::IO_FAILURE,
             Decode(_) => code::DECODING_FAILURE,
             InvalidConfig(_) => code::INVALID_CONFIG,
             TryAgainLater(_) => code::TRY_AGAIN_LATER,
-            NotAvailable(_) => code::NOT_AVAILABLE,
             Netns(_) => code::NETNS,
             Netlink(_) => code::NETLINK,
             Sysctl { .. } => code::SYSCTL,
-            Nftables(_) => code::NFTABLES,
             CheckFailed(_) => code::CHECK_FAILED,
-            AddressExhausted(_) => code::ADDRESS_EXHAUSTED,
             Delegated { code, .. } => *code,
             Delegate(_) => code::DELEGATE,
             Internal(_) => code::INTERNAL,

@@ -89,16 +89,11 @@ pub struct Link {
     pub group: u32,
     pub alias: Option<String>,
     pub kind: Option<String>,
-    pub up: bool,
 }
 
 impl Link {
     fn from_message(m: &LinkMessage) -> Self {
-        let mut link = Link {
-            index: m.header.index,
-            up: m.header.flags.contains(netlink_packet_route::link::LinkFlags::Up),
-            ..Default::default()
-        };
+        let mut link = Link { index: m.header.index, ..Default::default() };
         for attr in &m.attributes {
             match attr {
                 LinkAttribute::IfName(n) => link.name = n.clone(),
@@ -180,25 +175,20 @@ pub async fn links(handle: &Handle) -> Result<Vec<Link>> {
 /// A veth pair: `host_name` stays in the socket's netns, `peer_name` is created straight inside `peer_ns`.
 pub struct VethSpec<'a> {
     pub host_name: &'a str,
-    /// Bring the host end up at once; leave it down to change its sysctls first.
-    pub host_up: bool,
     pub peer_name: &'a str,
     pub peer_ns: &'a Netns,
     pub mtu: Option<u32>,
     pub host_group: Option<u32>,
 }
 
-/// Create the pair with MTU on both ends and the host end in its group, in one request.
-/// The peer cannot be brought up here (the kernel configures it before the two ends are joined:
-/// ENOTCONN): `set_link_attrs(.., up)` it in its netns.
+/// Create the pair, both ends down, with MTU on both and the host end's group, in one request.
+/// Down, so per-interface sysctls can be set before addresses appear; and the peer could not be
+/// brought up here anyway (the kernel configures it before the ends are joined: ENOTCONN).
 pub async fn create_veth(handle: &Handle, spec: &VethSpec<'_>) -> Result<()> {
     let mut peer = LinkMessageBuilder::<LinkUnspec>::new()
         .name(spec.peer_name.to_string())
         .setns_by_fd(spec.peer_ns.file().as_raw_fd());
     let mut host = LinkVeth::new(spec.host_name, spec.peer_name);
-    if spec.host_up {
-        host = host.up();
-    }
     if let Some(mtu) = spec.mtu {
         peer = peer.mtu(mtu);
         host = host.mtu(mtu);

@@ -88,7 +88,6 @@ pub fn setup(
             host_name: att.host_ifname,
             peer_name: att.container_ifname,
             peer_ns: pod,
-            host_up: false,
             mtu: att.mtu,
             host_group: att.host_group,
         };
