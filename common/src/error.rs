@@ -40,6 +40,12 @@ pub enum CniError {
     InvalidConfig(String),
     #[error("try again later: {0}")]
     TryAgainLater(String),
+    /// STATUS: the plugin cannot serve ADDs now (e.g. no addresses left, store not writable).
+    #[error("plugin not available: {0}")]
+    NotAvailable(String),
+    /// STATUS: ADDs work but pods will have limited connectivity.
+    #[error("limited connectivity: {0}")]
+    LimitedConnectivity(String),
     #[error("network namespace {0} does not exist")]
     NetnsMissing(String),
     #[error("network namespace: {0}")]
@@ -71,6 +77,8 @@ impl CniError {
             Decode(_) => code::DECODING_FAILURE,
             InvalidConfig(_) => code::INVALID_CONFIG,
             TryAgainLater(_) => code::TRY_AGAIN_LATER,
+            NotAvailable(_) => code::NOT_AVAILABLE,
+            LimitedConnectivity(_) => code::LIMITED_CONNECTIVITY,
             Netns(_) => code::NETNS,
             Netlink(_) => code::NETLINK,
             Sysctl { .. } => code::SYSCTL,
@@ -129,6 +137,27 @@ mod tests {
         assert_eq!(v["cniVersion"], "1.0.0");
         assert!(v["msg"].as_str().unwrap().contains("bad subnet"));
         assert!(v.get("details").is_none());
+    }
+
+    #[test]
+    fn every_variant_maps_to_its_spec_code() {
+        let cases = [
+            (CniError::IncompatibleVersion(String::new()), 1),
+            (CniError::UnsupportedField(String::new()), 2),
+            (CniError::NetnsMissing(String::new()), 3),
+            (CniError::InvalidEnv(String::new()), 4),
+            (CniError::Io(String::new()), 5),
+            (CniError::Decode(String::new()), 6),
+            (CniError::InvalidConfig(String::new()), 7),
+            (CniError::TryAgainLater(String::new()), 11),
+            (CniError::NotAvailable(String::new()), 50),
+            (CniError::LimitedConnectivity(String::new()), 51),
+            (CniError::Netlink(String::new()), 100),
+            (CniError::Internal(String::new()), 105),
+        ];
+        for (e, code) in cases {
+            assert_eq!(e.code(), code, "{e:?}");
+        }
     }
 
     #[test]
