@@ -22,6 +22,8 @@ pub mod code {
     pub const DELEGATE: u32 = 103;
     pub const CHECK_FAILED: u32 = 104;
     pub const INTERNAL: u32 = 105;
+    pub const RANGE_EXHAUSTED: u32 = 106;
+    pub const ADDRESS_UNAVAILABLE: u32 = 107;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +65,12 @@ pub enum CniError {
     Delegate(String),
     #[error("internal error: {0}")]
     Internal(String),
+    /// IPAM: every address of a range set is reserved. Not 11: retrying does not help until pods go away.
+    #[error("no free address: {0}")]
+    RangeExhausted(String),
+    /// IPAM: a requested address is taken, reserved for the gateway, or in no configured range.
+    #[error("requested address unavailable: {0}")]
+    AddressUnavailable(String),
 }
 
 impl CniError {
@@ -86,6 +94,8 @@ impl CniError {
             Delegated { code, .. } => *code,
             Delegate(_) => code::DELEGATE,
             Internal(_) => code::INTERNAL,
+            RangeExhausted(_) => code::RANGE_EXHAUSTED,
+            AddressUnavailable(_) => code::ADDRESS_UNAVAILABLE,
         }
     }
 
@@ -154,6 +164,8 @@ mod tests {
             (CniError::LimitedConnectivity(String::new()), 51),
             (CniError::Netlink(String::new()), 100),
             (CniError::Internal(String::new()), 105),
+            (CniError::RangeExhausted(String::new()), 106),
+            (CniError::AddressUnavailable(String::new()), 107),
         ];
         for (e, code) in cases {
             assert_eq!(e.code(), code, "{e:?}");

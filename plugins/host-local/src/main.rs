@@ -1,0 +1,77 @@
+//! host-local: IPAM from ranges configured per network, stored on the node's disk in the reference's format.
+
+mod allocator;
+mod config;
+mod dns;
+mod range;
+mod store;
+
+use common::{CniError, CniResult, Invocation, Plugin, Result};
+use config::{settings, Settings};
+use store::Store;
+
+struct HostLocal;
+
+/// Settings for a verb on one attachment. The ID only goes into files, but `..` is refused all the same.
+fn attachment_settings(inv: &Invocation) -> Result<Settings> {
+    if inv.container_id.contains("..") {
+        return Err(CniError::InvalidEnv(format!("CNI_CONTAINERID {:?} contains \"..\"", inv.container_id)));
+    }
+    settings(inv)
+}
+
+impl Plugin for HostLocal {
+    fn add(inv: &Invocation) -> Result<CniResult> {
+        let s = attachment_settings(inv)?;
+        let dns = s.resolv_conf.as_deref().map(dns::read).transpose()?.unwrap_or_default();
+        let store = Store::open(&s.data_dir, &s.network)?;
+        let ips = allocator::allocate(&store, &s.range_sets, &s.requested, &inv.container_id, &inv.ifname)?;
+        Ok(CniResult { ips, routes: s.routes, dns, interfaces: Vec::new() })
+    }
+
+    fn del(inv: &Invocation) -> Result<()> {
+        let s = attachment_settings(inv)?;
+        if let Some(store) = Store::open_existing(&s.data_dir, &s.network)? {
+            let released = allocator::release(&store, &inv.container_id, &inv.ifname)?;
+            log::debug!("released {released:?}");
+        }
+        Ok(())
+    }
+
+    fn check(inv: &Invocation) -> Result<()> {
+        let s = attachment_settings(inv)?;
+        let prev = inv.config.prev_result()?;
+        let store = Store::open_existing(&s.data_dir, &s.network)?.ok_or_else(|| {
+            CniError::CheckFailed(format!("no store for network {} in {}", s.network, s.data_dir.display()))
+        })?;
+        allocator::check(&store, &s.range_sets, prev.as_ref(), &inv.container_id, &inv.ifname)
+    }
+
+    fn status(inv: &Invocation) -> Result<()> {
+        let s = settings(inv)?;
+        store::probe_writable(&s.data_dir, &s.network).map_err(CniError::NotAvailable)?;
+        let reserved = match Store::open_existing(&s.data_dir, &s.network)? {
+            Some(store) => store::reserved_set(&store.reservations()?),
+            None => Default::default(),
+        };
+        match s.range_sets.iter().position(|set| !set.has_free(&reserved)) {
+            Some(i) => Err(CniError::NotAvailable(format!("range set {i} ({}) has no free address", s.range_sets[i]))),
+            None => Ok(()),
+        }
+    }
+
+    fn gc(inv: &Invocation) -> Result<()> {
+        let s = settings(inv)?;
+        if let Some(store) = Store::open_existing(&s.data_dir, &s.network)? {
+            let released = allocator::gc(&store, &inv.config.valid_attachments())?;
+            if !released.is_empty() {
+                log::info!("GC released {released:?}");
+            }
+        }
+        Ok(())
+    }
+}
+
+fn main() {
+    common::run::<HostLocal>()
+}

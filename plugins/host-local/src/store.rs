@@ -1,0 +1,210 @@
+//! The on-disk store, byte-compatible with the reference host-local so either can take over a live node:
+//! `<dataDir>/<network>/<ip>` holds `<containerID>\r\n<ifname>` (older releases wrote the ID alone),
+//! `last_reserved_ip.<rangeSetIndex>` the last address handed out, and `lock` is flock'ed by every writer.
+
+use common::{CniError, Result};
+use std::collections::HashSet;
+use std::fs::{self, DirBuilder, File, OpenOptions};
+use std::io::{ErrorKind, Write};
+use std::net::IpAddr;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/cni/networks";
+const LINE_BREAK: &str = "\r\n";
+const LAST_RESERVED: &str = "last_reserved_ip.";
+
+/// Who holds an address: the attachment, or only the container for files in the older format.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Holder {
+    pub container_id: String,
+    pub ifname: Option<String>,
+}
+
+impl Holder {
+    fn parse(content: &str) -> Holder {
+        let content = content.trim();
+        match content.split_once(LINE_BREAK) {
+            Some((id, ifname)) => Holder { container_id: id.trim().into(), ifname: Some(ifname.into()) },
+            None => Holder { container_id: content.into(), ifname: None },
+        }
+    }
+}
+
+pub struct Reservation {
+    pub ip: IpAddr,
+    pub holder: Holder,
+}
+
+/// One network's store, locked for as long as the value lives.
+pub struct Store {
+    dir: PathBuf,
+    _lock: File,
+}
+
+fn io(what: &str, path: &Path, e: std::io::Error) -> CniError {
+    CniError::Io(format!("{what} {}: {e}", path.display()))
+}
+
+impl Store {
+    /// Open (creating it) the network's directory and take its lock.
+    pub fn open(data_dir: &Path, network: &str) -> Result<Store> {
+        let dir = data_dir.join(network);
+        DirBuilder::new().recursive(true).mode(0o755).create(&dir).map_err(|e| io("creating", &dir, e))?;
+        Store::lock(dir)
+    }
+
+    /// As `open`, but `None` when nothing was ever stored (DEL and GC create nothing).
+    pub fn open_existing(data_dir: &Path, network: &str) -> Result<Option<Store>> {
+        let dir = data_dir.join(network);
+        if !dir.is_dir() {
+            return Ok(None);
+        }
+        Store::lock(dir).map(Some)
+    }
+
+    fn lock(dir: PathBuf) -> Result<Store> {
+        let path = dir.join("lock");
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o644)
+            .open(&path)
+            .map_err(|e| io("opening", &path, e))?;
+        file.lock().map_err(|e| io("locking", &path, e))?;
+        Ok(Store { dir, _lock: file })
+    }
+
+    /// Every address file in the store. Unreadable files are skipped, as the reference does.
+    pub fn reservations(&self) -> Result<Vec<Reservation>> {
+        let entries = fs::read_dir(&self.dir).map_err(|e| io("reading", &self.dir, e))?;
+        Ok(entries
+            .filter_map(|entry| {
+                let entry = entry.ok()?;
+                let ip: IpAddr = entry.file_name().to_str()?.parse().ok()?;
+                let content = fs::read_to_string(entry.path()).ok()?;
+                Some(Reservation { ip, holder: Holder::parse(&content) })
+            })
+            .collect())
+    }
+
+    /// Reserve `ip` for the attachment unless someone holds it; `false` when taken.
+    pub fn reserve(&self, ip: IpAddr, container_id: &str, ifname: &str, range_set: usize) -> Result<bool> {
+        let path = self.dir.join(ip.to_string());
+        let mut file = match OpenOptions::new().write(true).create_new(true).mode(0o644).open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => return Ok(false),
+            Err(e) => return Err(io("creating", &path, e)),
+        };
+        if let Err(e) = file.write_all(format!("{}{LINE_BREAK}{ifname}", container_id.trim()).as_bytes()) {
+            let _ = fs::remove_file(&path);
+            return Err(io("writing", &path, e));
+        }
+        let last = self.dir.join(format!("{LAST_RESERVED}{range_set}"));
+        fs::write(&last, ip.to_string()).map_err(|e| io("writing", &last, e))?;
+        Ok(true)
+    }
+
+    pub fn last_reserved(&self, range_set: usize) -> Option<IpAddr> {
+        fs::read_to_string(self.dir.join(format!("{LAST_RESERVED}{range_set}"))).ok()?.trim().parse().ok()
+    }
+
+    pub fn release(&self, ip: IpAddr) -> Result<()> {
+        let path = self.dir.join(ip.to_string());
+        match fs::remove_file(&path) {
+            Err(e) if e.kind() != ErrorKind::NotFound => Err(io("removing", &path, e)),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The addresses an attachment holds: its own files, or else older ID-only files of its container
+/// (the reference's rule, so an ID-only file is not taken from another interface that has its own).
+pub fn held_by(reservations: &[Reservation], container_id: &str, ifname: &str) -> Vec<IpAddr> {
+    let id = container_id.trim();
+    let exact: Vec<IpAddr> = reservations
+        .iter()
+        .filter(|r| r.holder.container_id == id && r.holder.ifname.as_deref() == Some(ifname))
+        .map(|r| r.ip)
+        .collect();
+    if !exact.is_empty() {
+        return exact;
+    }
+    reservations.iter().filter(|r| r.holder.container_id == id && r.holder.ifname.is_none()).map(|r| r.ip).collect()
+}
+
+/// STATUS: the store can be written, without creating anything that stays.
+pub fn probe_writable(data_dir: &Path, network: &str) -> std::result::Result<(), String> {
+    let target = data_dir.join(network);
+    let existing = target.ancestors().find(|p| p.exists()).unwrap_or(Path::new("/"));
+    if !existing.is_dir() {
+        return Err(format!("{} is not a directory", existing.display()));
+    }
+    let probe = existing.join(format!(".cni-chain-status-{}", std::process::id()));
+    match OpenOptions::new().write(true).create_new(true).open(&probe) {
+        Ok(_) => {
+            let _ = fs::remove_file(&probe);
+            Ok(())
+        }
+        Err(e) => Err(format!("cannot write to {}: {e}", existing.display())),
+    }
+}
+
+/// The set of reserved addresses, for quick skipping and for STATUS.
+pub fn reserved_set(reservations: &[Reservation]) -> HashSet<IpAddr> {
+    reservations.iter().map(|r| r.ip).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmp() -> PathBuf {
+        let p = std::env::temp_dir().join(format!(
+            "host-local-store-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let _ = fs::remove_dir_all(&p);
+        p
+    }
+
+    #[test]
+    fn file_format_matches_the_reference() {
+        let data = tmp();
+        let store = Store::open(&data, "net").unwrap();
+        assert!(store.reserve("10.0.0.2".parse().unwrap(), " c1 ", "eth0", 0).unwrap());
+        assert!(!store.reserve("10.0.0.2".parse().unwrap(), "c2", "eth0", 0).unwrap(), "taken");
+        assert!(store.reserve("fd00::2".parse().unwrap(), "c1", "eth0", 1).unwrap());
+        let dir = data.join("net");
+        assert_eq!(fs::read_to_string(dir.join("10.0.0.2")).unwrap(), "c1\r\neth0");
+        assert_eq!(fs::read_to_string(dir.join("last_reserved_ip.0")).unwrap(), "10.0.0.2");
+        assert_eq!(fs::read_to_string(dir.join("last_reserved_ip.1")).unwrap(), "fd00::2");
+        assert!(dir.join("lock").exists());
+        assert_eq!(store.last_reserved(1), Some("fd00::2".parse().unwrap()));
+        fs::remove_dir_all(&data).unwrap();
+    }
+
+    #[test]
+    fn old_id_only_files_belong_to_the_container_unless_the_interface_has_its_own() {
+        let r = |ip: &str, content: &str| Reservation { ip: ip.parse().unwrap(), holder: Holder::parse(content) };
+        let store = [r("10.0.0.2", "c1\n"), r("10.0.0.3", "c2\r\neth0"), r("10.0.0.4", "c2")];
+        assert_eq!(held_by(&store, "c1", "eth0"), ["10.0.0.2".parse::<IpAddr>().unwrap()]);
+        assert_eq!(held_by(&store, "c2", "eth0"), ["10.0.0.3".parse::<IpAddr>().unwrap()]);
+        assert_eq!(held_by(&store, "c2", "net1"), ["10.0.0.4".parse::<IpAddr>().unwrap()]);
+        assert!(held_by(&store, "c3", "eth0").is_empty());
+    }
+
+    #[test]
+    fn probe_creates_nothing_and_fails_below_a_file() {
+        let data = tmp();
+        fs::create_dir_all(&data).unwrap();
+        assert!(probe_writable(&data, "net").is_ok());
+        assert_eq!(fs::read_dir(&data).unwrap().count(), 0);
+        fs::write(data.join("file"), "").unwrap();
+        assert!(probe_writable(&data.join("file"), "net").unwrap_err().contains("not a directory"));
+        fs::remove_dir_all(&data).unwrap();
+    }
+}
