@@ -18,7 +18,7 @@ trap cleanup EXIT
 
 config=$(cat <<JSON
 {
-  "cniVersion": "1.0.0",
+  "cniVersion": "1.1.0",
   "name": "demo",
   "type": "ptp",
   "mtu": 1400,
@@ -34,9 +34,10 @@ JSON
 )
 
 # Run one CNI verb of ptp inside the node netns, per the protocol: env + config on stdin.
+# ptp delegates addresses to our host-local (first in CNI_PATH).
 cni() { # verb container pod-netns
     echo "$config" | ip netns exec "$node" env CNI_COMMAND="$1" CNI_CONTAINERID="$2" \
-        CNI_NETNS="/var/run/netns/$3" CNI_IFNAME=eth0 CNI_PATH="$bin:/usr/lib/cni" "$bin/ptp"
+        CNI_NETNS="${3:+/var/run/netns/$3}" CNI_IFNAME=eth0 CNI_PATH="$bin:/usr/lib/cni" "$bin/ptp"
 }
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
@@ -63,6 +64,12 @@ pod2_v6=$(ip -n "${pods[1]}" -6 -o addr show eth0 scope global | awk '{print $4}
 step "traffic: pod1 -> pod2 over IPv4 ($pod2_v4) and IPv6 ($pod2_v6), routed by the node"
 ip netns exec "${pods[0]}" ping -c 2 -W 2 "$pod2_v4"
 ip netns exec "${pods[0]}" ping -c 2 -W 2 "$pod2_v6"
+
+step "host-local's store (the reference's format): one file per address, holding containerID and ifname"
+for f in "$data"/demo/*; do printf '%-22s %s\n' "$(basename "$f")" "$(tr -s '\r\n' ' ' <"$f")"; done
+
+step "STATUS (CNI 1.1): ptp and host-local are ready for ADDs"
+cni STATUS "" "" && echo "STATUS ok"
 
 step "DEL both pods (a second DEL is a no-op)"
 for i in 0 1; do cni DEL "c$((i + 1))" "${pods[$i]}"; cni DEL "c$((i + 1))" "${pods[$i]}"; done

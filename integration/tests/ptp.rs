@@ -4,7 +4,7 @@ use integration::{with_prev_result, with_valid_attachments, Call, Netns, TempDir
 use serde_json::{json, Value};
 use std::os::unix::fs::PermissionsExt;
 
-/// A ptp config with the reference host-local (until ours exists) storing into `data`.
+/// A ptp config with our host-local (first in CNI_PATH) storing into `data`.
 fn config(version: &str, data: &TempDir, ranges: Value, extra: Value) -> Value {
     let mut c = json!({
         "cniVersion": version,
@@ -208,8 +208,8 @@ fn failed_add_leaves_no_veth_and_no_address() {
     let pod2 = Netns::new();
     add(&node, &pod2, "f2", &small);
     let pod3 = Netns::new();
-    let reply = Call::new("ptp", "ADD", "f3", pod3.path()).run(&node, &bytes(&small));
-    assert!(!reply.success && reply.json()["code"].as_u64().is_some());
+    let msg = Call::new("ptp", "ADD", "f3", pod3.path()).run(&node, &bytes(&small)).err(106);
+    assert!(msg.contains("10.17.0.0/30"), "{msg}");
     assert_eq!(node.veths().len(), 1, "only f2's veth");
     assert!(pod3.link("eth0").is_none());
 
