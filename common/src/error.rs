@@ -24,6 +24,7 @@ pub mod code {
     pub const INTERNAL: u32 = 105;
     pub const RANGE_EXHAUSTED: u32 = 106;
     pub const ADDRESS_UNAVAILABLE: u32 = 107;
+    pub const NFTABLES: u32 = 108;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +72,8 @@ pub enum CniError {
     /// IPAM: a requested address is taken, reserved for the gateway, or in no configured range.
     #[error("requested address unavailable: {0}")]
     AddressUnavailable(String),
+    #[error("nftables: {0}")]
+    Nftables(String),
 }
 
 impl CniError {
@@ -96,6 +99,7 @@ impl CniError {
             Internal(_) => code::INTERNAL,
             RangeExhausted(_) => code::RANGE_EXHAUSTED,
             AddressUnavailable(_) => code::ADDRESS_UNAVAILABLE,
+            Nftables(_) => code::NFTABLES,
         }
     }
 
@@ -166,6 +170,7 @@ mod tests {
             (CniError::Internal(String::new()), 105),
             (CniError::RangeExhausted(String::new()), 106),
             (CniError::AddressUnavailable(String::new()), 107),
+            (CniError::Nftables(String::new()), 108),
         ];
         for (e, code) in cases {
             assert_eq!(e.code(), code, "{e:?}");

@@ -28,7 +28,8 @@ pub struct Owner<'a> {
 }
 
 impl Owner<'_> {
-    fn prefix(&self) -> String {
+    /// What every tag of this plugin and network starts with.
+    pub fn prefix(&self) -> String {
         format!("cni-chain:{}:{}:", self.plugin, self.network)
     }
 

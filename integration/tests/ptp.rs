@@ -233,7 +233,7 @@ fn bad_input_gets_the_right_code_and_changes_nothing() {
     base().run(&node, br#"{"cniVersion":"0.2.0","name":"x","type":"ptp"}"#).err(1);
     base().run(&node, br#"{"cniVersion":"7.0.0","name":"x","type":"ptp"}"#).err(1);
     base()
-        .run(&node, br#"{"cniVersion":"1.0.0","name":"x","type":"ptp","ipMasq":true,"ipam":{"type":"host-local"}}"#)
+        .run(&node, br#"{"cniVersion":"1.0.0","name":"x","type":"ptp","ipMasq":true,"ipMasqBackend":"iptables","ipam":{"type":"host-local"}}"#)
         .err(2);
     base().ifname("sixteen-chars-xx").run(&node, &conf).err(4);
     base().ifname("eth/0").run(&node, &conf).err(4);

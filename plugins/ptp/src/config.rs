@@ -33,6 +33,8 @@ pub struct Settings {
     pub group: Option<GroupRef>,
     pub veth_prefix: String,
     pub dns: Option<Dns>,
+    /// nftables masquerade of the pod's addresses except towards their own subnets (masquerade's pod mode).
+    pub ip_masq: bool,
 }
 
 impl PtpConf {
@@ -46,11 +48,6 @@ impl PtpConf {
             }
             Some(other) => return Err(CniError::InvalidConfig(format!("ipMasqBackend {other:?}: use \"nftables\""))),
         }
-        if self.ip_masq {
-            return Err(CniError::UnsupportedField(
-                "ipMasq is not available in this release of ptp yet; chain the masquerade plugin when it ships".into(),
-            ));
-        }
         if let Some(mtu) = self.mtu {
             if !(68..=65535).contains(&mtu) {
                 return Err(CniError::InvalidConfig(format!("mtu {mtu} is outside 68..65535")));
@@ -61,6 +58,7 @@ impl PtpConf {
             group: self.link_group,
             veth_prefix: self.veth_prefix,
             dns: self.dns.filter(|d| !d.is_empty()),
+            ip_masq: self.ip_masq,
         })
     }
 }
@@ -92,8 +90,8 @@ mod tests {
     }
 
     #[test]
-    fn masquerade_and_bad_values_are_refused_with_codes() {
-        assert_eq!(parse(r#"{"ipMasq": true}"#).unwrap_err().code(), 2);
+    fn iptables_and_bad_values_are_refused_with_codes() {
+        assert!(parse(r#"{"ipMasq": true, "ipMasqBackend": "nftables"}"#).unwrap().ip_masq);
         assert_eq!(parse(r#"{"ipMasqBackend": "iptables"}"#).unwrap_err().code(), 2);
         assert_eq!(parse(r#"{"ipMasqBackend": "bpf"}"#).unwrap_err().code(), 7);
         assert_eq!(parse(r#"{"mtu": 10}"#).unwrap_err().code(), 7);

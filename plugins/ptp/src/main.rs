@@ -3,9 +3,12 @@
 mod config;
 
 use common::linkgroup::GroupRef;
+use common::masq::{PodMasq, DEFAULT_TABLE};
 use common::names::{self, Owner};
 use common::netlink::Rtnl;
 use common::netns::Netns;
+use common::nft::Nft;
+use common::types::network_of;
 use common::{ipam, p2p, sysctl, CniError, CniResult, Command, Invocation, Plugin, Result};
 use config::{PtpConf, Settings};
 use std::collections::HashSet;
@@ -18,6 +21,15 @@ fn settings(inv: &Invocation) -> Result<Settings> {
 
 fn owner(inv: &Invocation) -> Owner<'_> {
     Owner { plugin: "ptp", network: &inv.config.net.name }
+}
+
+/// `ipMasq`: the masquerade plugin's pod mode, in its default table, excluding each address's own subnet.
+const MASQ: PodMasq<'static> = PodMasq { table: DEFAULT_TABLE, random_fully: true };
+
+fn masquerade(inv: &Invocation, result: &CniResult) -> Result<()> {
+    let ips: Vec<_> = result.ips.iter().map(|ip| ip.address.ip()).collect();
+    let subnets: Vec<_> = result.ips.iter().map(|ip| network_of(ip.address)).collect();
+    MASQ.add(&mut Nft::open()?, &owner(inv).alias(&inv.container_id, &inv.ifname)?, &ips, &subnets)
 }
 
 impl Plugin for Ptp {
@@ -44,7 +56,14 @@ impl Plugin for Ptp {
                 mtu: s.mtu,
                 host_group: group,
             };
-            p2p::setup(&rtnl, &node, &pod, &att, &result.ips, &result.routes)
+            let ifs = p2p::setup(&rtnl, &node, &pod, &att, &result.ips, &result.routes)?;
+            if s.ip_masq {
+                if let Err(e) = masquerade(inv, &result) {
+                    let _ = p2p::teardown(&rtnl, &node, &host_ifname, &alias, Some(&pod), &inv.ifname);
+                    return Err(e);
+                }
+            }
+            Ok(ifs)
         })();
         let (host_if, cont_if) = match wired {
             Ok(ifs) => ifs,
@@ -75,8 +94,9 @@ impl Plugin for Ptp {
         let rtnl = Rtnl::new()?;
         let node = rtnl.connect()?;
         let links = p2p::teardown(&rtnl, &node, &host_ifname, &alias, pod.as_ref(), &inv.ifname);
+        let masq = if s.ip_masq { Nft::open().and_then(|mut nft| MASQ.del(&mut nft, &alias)) } else { Ok(()) };
         let addresses = ipam::exec(inv, Command::Del).map(|_| ());
-        links.and(addresses)
+        links.and(masq).and(addresses)
     }
 
     fn check(inv: &Invocation) -> Result<()> {
@@ -87,7 +107,12 @@ impl Plugin for Ptp {
         let pod = Netns::open(&inv.netns)?;
         let rtnl = Rtnl::new()?;
         let node = rtnl.connect()?;
-        p2p::check(&rtnl, &node, &pod, &prev, &inv.ifname, group)
+        p2p::check(&rtnl, &node, &pod, &prev, &inv.ifname, group)?;
+        if s.ip_masq {
+            let ips: Vec<_> = prev.ips.iter().map(|ip| ip.address.ip()).collect();
+            MASQ.check(&mut Nft::open()?, &owner(inv).alias(&inv.container_id, &inv.ifname)?, &ips)?;
+        }
+        Ok(())
     }
 
     fn status(inv: &Invocation) -> Result<()> {
@@ -96,14 +121,22 @@ impl Plugin for Ptp {
     }
 
     fn gc(inv: &Invocation) -> Result<()> {
-        settings(inv)?;
+        let s = settings(inv)?;
         let addresses = ipam::exec(inv, Command::Gc).map(|_| ());
         let valid: HashSet<(String, String)> =
             inv.config.valid_attachments().into_iter().map(|a| (a.container_id, a.ifname)).collect();
         let rtnl = Rtnl::new()?;
         let node = rtnl.connect()?;
         let links = p2p::gc(&rtnl, &node, &owner(inv), &valid).map(|_| ());
-        links.and(addresses)
+        let masq = if s.ip_masq {
+            let owner = owner(inv);
+            let is_valid =
+                |tag: &str| owner.attachment(tag).is_some_and(|(c, i)| valid.contains(&(c.into(), i.into())));
+            Nft::open().and_then(|mut nft| MASQ.gc(&mut nft, &owner.prefix(), is_valid)).map(|_| ())
+        } else {
+            Ok(())
+        };
+        links.and(masq).and(addresses)
     }
 }
 

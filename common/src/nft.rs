@@ -1,0 +1,599 @@
+//! nftables spoken over netlink (NETLINK_NETFILTER) in the current netns: every change is one atomic
+//! batch, and what is there is read back with dumps. No `nft` process, no C library.
+
+use crate::error::{CniError, Result};
+use netlink_packet_core::{
+    DefaultNla, NetlinkBuffer, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_DUMP,
+    NLM_F_NONREC, NLM_F_REQUEST,
+};
+use netlink_packet_netfilter::nftables::{
+    Bitwise, ChainAttribute, ChainMessage, Cmp, DataAttribute, ExpressionAttribute, Expressions, Hook, Immediate,
+    InetHookNumber, ListAttribute, Lookup, Meta, MetaKey, NfTablesMessage, Operator, Payload, Register, RuleAttribute,
+    RuleMessage, SetAttribute, SetElementAttribute, SetElementList, SetElementMessage, SetFlags, SetMessage,
+    TableAttribute, TableFlags, TableMessage, Verdict, VerdictAttribute,
+};
+use netlink_packet_netfilter::none::ControlMessage;
+use netlink_packet_netfilter::{NetfilterHeader, NetfilterMessage, NetfilterMessageInner, NetfilterProtoFamily};
+use netlink_sys::{constants::NETLINK_NETFILTER, Socket};
+use nix::libc;
+use std::net::IpAddr;
+use std::os::fd::AsRawFd;
+
+const NFNL_SUBSYS_NFTABLES: u16 = 10;
+/// The kernel's type ids for set keys and data (nftables' datatype.h).
+const TYPE_IPV4_ADDR: u32 = 7;
+const TYPE_IPV6_ADDR: u32 = 8;
+const TYPE_VERDICT: u32 = 0xffff_ff00;
+/// NFT_PAYLOAD_NETWORK_HEADER
+const BASE_NETWORK: u32 = 1;
+const NFTA_MASQ_FLAGS: u16 = 1;
+const NF_NAT_RANGE_PROTO_RANDOM_FULLY: u32 = 1 << 4;
+/// libnftnl's user-data TLV type for a comment, so `nft list` shows our tags as comments.
+const UDATA_COMMENT: u8 = 0;
+const NFPROTO_IPV4: u8 = 2;
+const NFPROTO_IPV6: u8 = 10;
+/// The `srcnat` priority of a nat postrouting chain.
+pub const PRIORITY_SRCNAT: i32 = 100;
+
+/// User data holding a comment, in the format `nft` reads and writes.
+pub fn comment(text: &str) -> Vec<u8> {
+    let mut v = vec![UDATA_COMMENT, (text.len() + 1) as u8];
+    v.extend_from_slice(text.as_bytes());
+    v.push(0);
+    v
+}
+
+/// The comment in user data written by `comment` (or by `nft ... comment "..."`).
+pub fn comment_of(udata: &[u8]) -> Option<String> {
+    let mut rest = udata;
+    while rest.len() >= 2 {
+        let (kind, len) = (rest[0], usize::from(rest[1]));
+        let value = rest.get(2..2 + len)?;
+        if kind == UDATA_COMMENT {
+            return Some(String::from_utf8_lossy(value.strip_suffix(&[0]).unwrap_or(value)).into_owned());
+        }
+        rest = &rest[2 + len..];
+    }
+    None
+}
+
+/// The longest comment nftables stores with an object.
+pub const MAX_COMMENT: usize = 250;
+
+/// Rule expressions, built with the helpers below.
+#[derive(Debug, Clone, Default)]
+pub struct Rule(Vec<ListAttribute<ExpressionAttribute>>);
+
+impl Rule {
+    pub fn new() -> Self {
+        Rule::default()
+    }
+
+    fn push(mut self, e: Expressions) -> Self {
+        self.0.push(e.into());
+        self
+    }
+
+    fn load_meta(self, key: MetaKey) -> Self {
+        self.push(Expressions::Meta(vec![Meta::DestinationRegister(Register::Reg1), Meta::Key(key)]))
+    }
+
+    fn cmp(self, op: Operator, data: Vec<u8>) -> Self {
+        self.push(Expressions::Cmp(vec![
+            Cmp::SourceRegister(Register::Reg1),
+            Cmp::Op(op),
+            Cmp::Data(DataAttribute::Value(data)),
+        ]))
+    }
+
+    /// `meta iifgroup == group`
+    pub fn iif_group(self, group: u32) -> Self {
+        self.load_meta(MetaKey::Iifgroup).cmp(Operator::Equal, group.to_ne_bytes().to_vec())
+    }
+
+    /// `meta oifgroup != g` for each group
+    pub fn oif_group_not_in(self, groups: &[u32]) -> Self {
+        groups
+            .iter()
+            .fold(self.load_meta(MetaKey::Oifgroup), |r, g| r.cmp(Operator::NotEqual, g.to_ne_bytes().to_vec()))
+    }
+
+    /// `meta nfproto ipv4|ipv6`: needed before reading addresses in an inet table.
+    pub fn family(self, v6: bool) -> Self {
+        let proto = if v6 { NFPROTO_IPV6 } else { NFPROTO_IPV4 };
+        self.load_meta(MetaKey::Nfproto).cmp(Operator::Equal, vec![proto])
+    }
+
+    /// Load the source (or destination) address of the family into register 1.
+    fn load_addr(self, v6: bool, source: bool) -> Self {
+        let (offset, len) = match (v6, source) {
+            (false, true) => (12, 4),
+            (false, false) => (16, 4),
+            (true, true) => (8, 16),
+            (true, false) => (24, 16),
+        };
+        self.family(v6).push(Expressions::Payload(vec![
+            Payload::DestinationRegister(Register::Reg1),
+            Payload::Base(BASE_NETWORK),
+            Payload::Offset(offset),
+            Payload::Len(len),
+        ]))
+    }
+
+    /// `ip daddr net/prefix` (or `ip6 daddr`).
+    pub fn daddr_in(self, net: ipnetwork::IpNetwork) -> Self {
+        let (addr, mask): (Vec<u8>, Vec<u8>) = match net {
+            ipnetwork::IpNetwork::V4(n) => (n.network().octets().to_vec(), n.mask().octets().to_vec()),
+            ipnetwork::IpNetwork::V6(n) => (n.network().octets().to_vec(), n.mask().octets().to_vec()),
+        };
+        let len = addr.len() as u32;
+        self.load_addr(net.is_ipv6(), false)
+            .push(Expressions::Bitwise(vec![
+                Bitwise::SourceRegister(Register::Reg1),
+                Bitwise::DestinationRegister(Register::Reg1),
+                Bitwise::Length(len),
+                Bitwise::Mask(DataAttribute::Value(mask)),
+                Bitwise::Xor(DataAttribute::Value(vec![0; len as usize])),
+            ]))
+            .cmp(Operator::Equal, addr)
+    }
+
+    /// `ip saddr vmap @map` (or `ip6 saddr`).
+    pub fn saddr_vmap(self, v6: bool, map: &str) -> Self {
+        self.load_addr(v6, true).push(Expressions::Lookup(vec![
+            Lookup::Set(map.into()),
+            Lookup::SourceRegister(Register::Reg1),
+            Lookup::DestinationRegister(Register::Verdict),
+        ]))
+    }
+
+    pub fn verdict_return(self) -> Self {
+        self.push(Expressions::Immediate(vec![
+            Immediate::DestinationRegister(Register::Verdict),
+            Immediate::Data(DataAttribute::Verdict(vec![VerdictAttribute::Code(Verdict::Return)])),
+        ]))
+    }
+
+    pub fn masquerade(self, random_fully: bool) -> Self {
+        let flags = if random_fully { NF_NAT_RANGE_PROTO_RANDOM_FULLY } else { 0 };
+        let attrs =
+            if flags == 0 { vec![] } else { vec![DefaultNla::new(NFTA_MASQ_FLAGS, flags.to_be_bytes().to_vec())] };
+        self.push(Expressions::Other { expression_type: "masq".into(), attributes: attrs })
+    }
+}
+
+fn addr_bytes(ip: IpAddr) -> Vec<u8> {
+    match ip {
+        IpAddr::V4(a) => a.octets().to_vec(),
+        IpAddr::V6(a) => a.octets().to_vec(),
+    }
+}
+
+/// One element of a verdict map: address → `jump chain`, tagged with a comment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmapElement {
+    pub key: IpAddr,
+    pub jump: String,
+    pub comment: Option<String>,
+}
+
+/// A list of changes applied as one transaction: all of them or none.
+#[derive(Debug, Default)]
+pub struct Batch {
+    msgs: Vec<(NfTablesMessage, u16)>,
+}
+
+impl Batch {
+    pub fn new() -> Self {
+        Batch::default()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.msgs.is_empty()
+    }
+
+    /// Create the table unless it exists.
+    pub fn add_table(&mut self, table: &str) -> &mut Self {
+        let attrs = vec![TableAttribute::Name(table.into()), TableAttribute::Flags(TableFlags::default())];
+        self.msgs.push((NfTablesMessage::NewTable(TableMessage { attributes: attrs }), NLM_F_CREATE));
+        self
+    }
+
+    /// Delete the table, which the kernel refuses (EBUSY) while it holds chains or sets.
+    pub fn delete_empty_table(&mut self, table: &str) -> &mut Self {
+        let attrs = vec![TableAttribute::Name(table.into())];
+        self.msgs.push((NfTablesMessage::DeleteTable(TableMessage { attributes: attrs }), NLM_F_NONREC));
+        self
+    }
+
+    /// Create a nat chain hooked at postrouting unless it exists.
+    pub fn add_nat_postrouting_chain(&mut self, table: &str, chain: &str) -> &mut Self {
+        let attrs = vec![
+            ChainAttribute::Table(table.into()),
+            ChainAttribute::Name(chain.into()),
+            ChainAttribute::Hook(vec![
+                Hook::Number(InetHookNumber::PostRouting.into()),
+                Hook::Priority(PRIORITY_SRCNAT as u32),
+            ]),
+            ChainAttribute::Policy(1), // accept
+            ChainAttribute::Type("nat".into()),
+        ];
+        self.msgs.push((NfTablesMessage::NewChain(ChainMessage { attributes: attrs }), NLM_F_CREATE));
+        self
+    }
+
+    /// Create a regular chain (a jump target) unless it exists.
+    pub fn add_chain(&mut self, table: &str, chain: &str) -> &mut Self {
+        let attrs = vec![ChainAttribute::Table(table.into()), ChainAttribute::Name(chain.into())];
+        self.msgs.push((NfTablesMessage::NewChain(ChainMessage { attributes: attrs }), NLM_F_CREATE));
+        self
+    }
+
+    pub fn delete_chain(&mut self, table: &str, chain: &str) -> &mut Self {
+        let attrs = vec![ChainAttribute::Table(table.into()), ChainAttribute::Name(chain.into())];
+        self.msgs.push((NfTablesMessage::DeleteChain(ChainMessage { attributes: attrs }), 0));
+        self
+    }
+
+    /// Remove every rule of the chain (`nft flush chain`).
+    pub fn flush_chain(&mut self, table: &str, chain: &str) -> &mut Self {
+        let attrs = vec![RuleAttribute::Table(table.into()), RuleAttribute::Chain(chain.into())];
+        self.msgs.push((NfTablesMessage::DeleteRule(RuleMessage { attributes: attrs }), 0));
+        self
+    }
+
+    pub fn add_rule(&mut self, table: &str, chain: &str, rule: Rule, comment_text: &str) -> &mut Self {
+        let attrs = vec![
+            RuleAttribute::Table(table.into()),
+            RuleAttribute::Chain(chain.into()),
+            RuleAttribute::Expressions(rule.0),
+            RuleAttribute::UserData(comment(comment_text)),
+        ];
+        self.msgs.push((NfTablesMessage::NewRule(RuleMessage { attributes: attrs }), NLM_F_CREATE | NLM_F_APPEND));
+        self
+    }
+
+    /// Create an address → verdict map unless it exists.
+    pub fn add_vmap(&mut self, table: &str, map: &str, v6: bool) -> &mut Self {
+        let (key_type, key_len) = if v6 { (TYPE_IPV6_ADDR, 16) } else { (TYPE_IPV4_ADDR, 4) };
+        let attrs = vec![
+            SetAttribute::Table(table.into()),
+            SetAttribute::Name(map.into()),
+            SetAttribute::Flags(SetFlags::Map),
+            SetAttribute::KeyType(key_type),
+            SetAttribute::KeyLen(key_len),
+            SetAttribute::DataType(TYPE_VERDICT),
+            SetAttribute::DataLen(0),
+            // The kernel requires an ID for a set created in a batch.
+            SetAttribute::Id(if v6 { 2 } else { 1 }),
+        ];
+        self.msgs.push((NfTablesMessage::NewSet(SetMessage { attributes: attrs }), NLM_F_CREATE));
+        self
+    }
+
+    /// Delete the set, which the kernel refuses (EBUSY) while it has elements.
+    pub fn delete_empty_set(&mut self, table: &str, set: &str) -> &mut Self {
+        let attrs = vec![SetAttribute::Table(table.into()), SetAttribute::Name(set.into())];
+        self.msgs.push((NfTablesMessage::DeleteSet(SetMessage { attributes: attrs }), NLM_F_NONREC));
+        self
+    }
+
+    fn elements(table: &str, map: &str, elems: Vec<ListAttribute<SetElementAttribute>>) -> SetElementMessage {
+        SetElementMessage {
+            attributes: vec![
+                SetElementList::Table(table.into()),
+                SetElementList::Set(map.into()),
+                SetElementList::Elements(elems),
+            ],
+        }
+    }
+
+    pub fn add_vmap_elements(&mut self, table: &str, map: &str, elems: &[VmapElement]) -> &mut Self {
+        let list = elems
+            .iter()
+            .map(|e| {
+                let mut attrs = vec![
+                    SetElementAttribute::Key(DataAttribute::Value(addr_bytes(e.key))),
+                    SetElementAttribute::Data(DataAttribute::Verdict(vec![
+                        VerdictAttribute::Code(Verdict::Jump),
+                        VerdictAttribute::Chain(e.jump.clone()),
+                    ])),
+                ];
+                if let Some(c) = &e.comment {
+                    attrs.push(SetElementAttribute::UserData(comment(c)));
+                }
+                ListAttribute::Element(attrs)
+            })
+            .collect();
+        self.msgs.push((NfTablesMessage::NewSetElement(Batch::elements(table, map, list)), NLM_F_CREATE));
+        self
+    }
+
+    pub fn delete_elements(&mut self, table: &str, map: &str, keys: &[IpAddr]) -> &mut Self {
+        let list = keys
+            .iter()
+            .map(|k| ListAttribute::Element(vec![SetElementAttribute::Key(DataAttribute::Value(addr_bytes(*k)))]))
+            .collect();
+        self.msgs.push((NfTablesMessage::DeleteSetElement(Batch::elements(table, map, list)), 0));
+        self
+    }
+}
+
+/// A rule as read back: its handle and comment.
+#[derive(Debug, Clone)]
+pub struct RuleInfo {
+    pub handle: u64,
+    pub comment: Option<String>,
+}
+
+/// A netfilter netlink socket in the netns of the thread that opened it.
+pub struct Nft {
+    socket: Socket,
+    seq: u32,
+}
+
+fn nl_err(what: &str, e: impl std::fmt::Display) -> CniError {
+    CniError::Nftables(format!("{what}: {e}"))
+}
+
+fn errno_text(code: i32) -> String {
+    std::io::Error::from_raw_os_error(-code).to_string()
+}
+
+impl Nft {
+    pub fn open() -> Result<Nft> {
+        let mut socket = Socket::new(NETLINK_NETFILTER).map_err(|e| nl_err("opening a netfilter socket", e))?;
+        socket.bind_auto().map_err(|e| nl_err("binding the netfilter socket", e))?;
+        // A reply that never comes must not hang the runtime.
+        let timeout = libc::timeval { tv_sec: 10, tv_usec: 0 };
+        // SAFETY: setsockopt on our own fd with a correctly sized timeval.
+        let rc = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&timeout as *const libc::timeval).cast(),
+                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(nl_err("setting the socket timeout", std::io::Error::last_os_error()));
+        }
+        Ok(Nft { socket, seq: 1 })
+    }
+
+    fn message(&mut self, family: NetfilterProtoFamily, inner: NetfilterMessageInner, flags: u16) -> Vec<u8> {
+        let res_id = if matches!(inner, NetfilterMessageInner::None(_)) { NFNL_SUBSYS_NFTABLES } else { 0 };
+        let mut msg = NetlinkMessage::from(NetfilterMessage::new(NetfilterHeader::new(family, 0, res_id), inner));
+        msg.header.flags = NLM_F_REQUEST | flags;
+        msg.header.sequence_number = self.seq;
+        self.seq += 1;
+        msg.finalize();
+        let mut buf = vec![0; msg.buffer_len()];
+        msg.serialize(&mut buf);
+        buf
+    }
+
+    fn receive(&mut self) -> Result<Vec<NetlinkMessage<NetfilterMessage>>> {
+        let mut buf = Vec::with_capacity(1 << 18);
+        self.socket.recv(&mut buf, 0).map_err(|e| nl_err("reading the kernel's answer", e))?;
+        let mut out = Vec::new();
+        let mut off = 0;
+        while off < buf.len() {
+            let len = match NetlinkBuffer::new_checked(&buf[off..]) {
+                Ok(b) => b.length() as usize,
+                Err(_) => break,
+            };
+            if len == 0 || off + len > buf.len() {
+                break;
+            }
+            match NetlinkMessage::<NetfilterMessage>::deserialize(&buf[off..off + len]) {
+                Ok(m) => out.push(m),
+                Err(e) => log::debug!("skipping a netfilter message we cannot parse: {e}"),
+            }
+            off += (len + 3) & !3;
+        }
+        Ok(out)
+    }
+
+    /// Apply `batch` atomically; the first error names the change that failed.
+    pub fn apply(&mut self, batch: &Batch, what: &str) -> Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let first = self.seq;
+        let mut buf = self.message(NetfilterProtoFamily::Unspec, ControlMessage::BatchBegin.into(), 0);
+        for (msg, flags) in &batch.msgs {
+            buf.extend(self.message(NetfilterProtoFamily::Inet, msg.clone().into(), flags | NLM_F_ACK));
+        }
+        buf.extend(self.message(NetfilterProtoFamily::Unspec, ControlMessage::BatchEnd.into(), 0));
+        self.socket.send(&buf, 0).map_err(|e| nl_err(what, e))?;
+        let mut acked = 0;
+        while acked < batch.msgs.len() {
+            for reply in self.receive()? {
+                if let NetlinkPayload::Error(err) = reply.payload {
+                    match err.code {
+                        None => acked += 1,
+                        Some(code) => {
+                            let index = reply.header.sequence_number.wrapping_sub(first + 1) as usize;
+                            let failed = batch.msgs.get(index).map(|(m, _)| describe(m)).unwrap_or("batch");
+                            return Err(nl_err(what, format!("{failed}: {}", errno_text(code.get()))));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Dump objects of one kind; a missing table or set reads as empty.
+    fn dump(&mut self, request: NfTablesMessage) -> Result<Vec<NfTablesMessage>> {
+        let buf = self.message(NetfilterProtoFamily::Inet, request.into(), NLM_F_DUMP);
+        self.socket.send(&buf, 0).map_err(|e| nl_err("dump request", e))?;
+        let mut out = Vec::new();
+        loop {
+            for reply in self.receive()? {
+                match reply.payload {
+                    NetlinkPayload::Done(_) => return Ok(out),
+                    NetlinkPayload::Error(err) => match err.code {
+                        Some(code) if code.get() == -libc::ENOENT => return Ok(out),
+                        Some(code) => return Err(nl_err("dump", errno_text(code.get()))),
+                        None => return Ok(out),
+                    },
+                    NetlinkPayload::InnerMessage(NetfilterMessage {
+                        inner: NetfilterMessageInner::NfTables(m),
+                        ..
+                    }) => out.push(m),
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    pub fn table_exists(&mut self, table: &str) -> Result<bool> {
+        let tables = self.dump(NfTablesMessage::GetTable(TableMessage { attributes: vec![] }))?;
+        Ok(tables.iter().any(|m| match m {
+            NfTablesMessage::NewTable(t) => {
+                t.attributes.iter().any(|a| matches!(a, TableAttribute::Name(n) if n == table))
+            }
+            _ => false,
+        }))
+    }
+
+    /// Names of the chains in `table`.
+    pub fn chains(&mut self, table: &str) -> Result<Vec<String>> {
+        let attrs = vec![ChainAttribute::Table(table.into())];
+        let chains = self.dump(NfTablesMessage::GetChain(ChainMessage { attributes: attrs }))?;
+        Ok(chains
+            .into_iter()
+            .filter_map(|m| match m {
+                NfTablesMessage::NewChain(c) => {
+                    let in_table = c.attributes.iter().any(|a| matches!(a, ChainAttribute::Table(t) if t == table));
+                    let name = c.attributes.into_iter().find_map(|a| match a {
+                        ChainAttribute::Name(n) => Some(n),
+                        _ => None,
+                    });
+                    name.filter(|_| in_table)
+                }
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// Names of the sets and maps in `table`.
+    pub fn sets(&mut self, table: &str) -> Result<Vec<String>> {
+        let attrs = vec![SetAttribute::Table(table.into())];
+        let sets = self.dump(NfTablesMessage::GetSet(SetMessage { attributes: attrs }))?;
+        Ok(sets
+            .into_iter()
+            .filter_map(|m| match m {
+                NfTablesMessage::NewSet(s) => {
+                    let in_table = s.attributes.iter().any(|a| matches!(a, SetAttribute::Table(t) if t == table));
+                    let name = s.attributes.into_iter().find_map(|a| match a {
+                        SetAttribute::Name(n) => Some(n),
+                        _ => None,
+                    });
+                    name.filter(|_| in_table)
+                }
+                _ => None,
+            })
+            .collect())
+    }
+
+    pub fn rules(&mut self, table: &str, chain: &str) -> Result<Vec<RuleInfo>> {
+        let attrs = vec![RuleAttribute::Table(table.into()), RuleAttribute::Chain(chain.into())];
+        let rules = self.dump(NfTablesMessage::GetRule(RuleMessage { attributes: attrs }))?;
+        Ok(rules
+            .into_iter()
+            .filter_map(|m| match m {
+                NfTablesMessage::NewRule(r) => {
+                    let mut info = RuleInfo { handle: 0, comment: None };
+                    let mut in_chain = false;
+                    for a in r.attributes {
+                        match a {
+                            RuleAttribute::Handle(h) => info.handle = h,
+                            RuleAttribute::UserData(u) => info.comment = comment_of(&u),
+                            RuleAttribute::Chain(c) => in_chain = c == chain,
+                            _ => {}
+                        }
+                    }
+                    in_chain.then_some(info)
+                }
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// The elements of an address → verdict map.
+    pub fn vmap_elements(&mut self, table: &str, map: &str) -> Result<Vec<VmapElement>> {
+        let req = NfTablesMessage::GetSetElement(Batch::elements(table, map, vec![]));
+        let mut out = Vec::new();
+        for m in self.dump(req)? {
+            let NfTablesMessage::NewSetElement(msg) = m else { continue };
+            for list in msg.attributes {
+                let SetElementList::Elements(elems) = list else { continue };
+                for elem in elems {
+                    let ListAttribute::Element(attrs) = elem else { continue };
+                    if let Some(e) = vmap_element(attrs) {
+                        out.push(e);
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn vmap_element(attrs: Vec<SetElementAttribute>) -> Option<VmapElement> {
+    let (mut key, mut jump, mut comment) = (None, None, None);
+    for a in attrs {
+        match a {
+            SetElementAttribute::Key(DataAttribute::Value(v)) => {
+                key = match v.len() {
+                    4 => Some(IpAddr::from(<[u8; 4]>::try_from(v.as_slice()).ok()?)),
+                    16 => Some(IpAddr::from(<[u8; 16]>::try_from(v.as_slice()).ok()?)),
+                    _ => None,
+                }
+            }
+            SetElementAttribute::Data(DataAttribute::Verdict(v)) => {
+                jump = v.into_iter().find_map(|va| match va {
+                    VerdictAttribute::Chain(c) => Some(c),
+                    _ => None,
+                })
+            }
+            SetElementAttribute::UserData(u) => comment = comment_of(&u),
+            _ => {}
+        }
+    }
+    Some(VmapElement { key: key?, jump: jump.unwrap_or_default(), comment })
+}
+
+fn describe(m: &NfTablesMessage) -> &'static str {
+    match m {
+        NfTablesMessage::NewTable(_) => "creating the table",
+        NfTablesMessage::DeleteTable(_) => "deleting the table",
+        NfTablesMessage::NewChain(_) => "creating a chain",
+        NfTablesMessage::DeleteChain(_) => "deleting a chain",
+        NfTablesMessage::NewRule(_) => "adding a rule",
+        NfTablesMessage::DeleteRule(_) => "flushing a chain",
+        NfTablesMessage::NewSet(_) => "creating a map",
+        NfTablesMessage::DeleteSet(_) => "deleting a map",
+        NfTablesMessage::NewSetElement(_) => "adding map elements",
+        NfTablesMessage::DeleteSetElement(_) => "deleting map elements",
+        _ => "a change",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn comments_round_trip_in_nft_format() {
+        let u = comment("c1/eth0");
+        assert_eq!(u, b"\x00\x08c1/eth0\x00");
+        assert_eq!(comment_of(&u).as_deref(), Some("c1/eth0"));
+        assert_eq!(comment_of(b"\x01\x02ab\x00\x03xy\x00").as_deref(), Some("xy"));
+        assert_eq!(comment_of(b"\x00\x09short"), None);
+    }
+}

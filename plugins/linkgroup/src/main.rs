@@ -1,0 +1,137 @@
+//! linkgroup: chained after any main plugin, puts the pod's host-side interface(s) into a link group
+//! (and optionally the pod-side ones into another), so one nftables rule can match every pod.
+
+use common::linkgroup::GroupRef;
+use common::netlink::{self, Handle, Link, Rtnl};
+use common::netns::Netns;
+use common::{CniError, CniResult, Invocation, Plugin, Result};
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize)]
+struct LinkGroupConf {
+    group: Option<GroupRef>,
+    #[serde(rename = "containerGroup", default)]
+    container_group: Option<GroupRef>,
+    /// Host-side interfaces to group, instead of the veths found in prevResult.
+    #[serde(default)]
+    interfaces: Option<Vec<String>>,
+}
+
+struct LinkGroup;
+
+struct Groups {
+    host: u32,
+    container: Option<u32>,
+    interfaces: Option<Vec<String>>,
+}
+
+fn groups(inv: &Invocation) -> Result<Groups> {
+    let conf: LinkGroupConf = inv.config.plugin()?;
+    let host = conf.group.ok_or_else(|| CniError::InvalidConfig("linkgroup needs \"group\"".into()))?.resolve()?;
+    let container = conf.container_group.as_ref().map(GroupRef::resolve).transpose()?;
+    Ok(Groups { host, container, interfaces: conf.interfaces })
+}
+
+/// The node-side links to group: the ones named in the config, else prevResult's veths outside the pod
+/// (a bridge the main plugin also reports is left alone).
+async fn host_links(node: &Handle, prev: &CniResult, named: Option<&[String]>) -> Result<Vec<Link>> {
+    let mut links = Vec::new();
+    match named {
+        Some(names) => {
+            for name in names {
+                let link = netlink::link_by_name(node, name).await?;
+                links.push(link.ok_or_else(|| {
+                    CniError::InvalidConfig(format!("interface {name:?} does not exist on the node"))
+                })?);
+            }
+        }
+        None => {
+            for iface in prev.interfaces.iter().filter(|i| i.sandbox.as_deref().unwrap_or("").is_empty()) {
+                if let Some(link) = netlink::link_by_name(node, &iface.name).await?.filter(Link::is_veth) {
+                    links.push(link);
+                }
+            }
+            if links.is_empty() {
+                return Err(CniError::InvalidConfig(
+                    "prevResult names no host-side veth on this node; list the interfaces in \"interfaces\"".into(),
+                ));
+            }
+        }
+    }
+    Ok(links)
+}
+
+/// prevResult's interfaces inside this pod.
+fn pod_ifnames<'a>(inv: &Invocation, prev: &'a CniResult) -> Vec<&'a str> {
+    prev.interfaces
+        .iter()
+        .filter(|i| i.sandbox.as_deref() == Some(inv.netns.as_str()))
+        .map(|i| i.name.as_str())
+        .collect()
+}
+
+/// Apply (or, with `verify`, compare) the groups.
+fn walk(inv: &Invocation, verify: bool) -> Result<CniResult> {
+    let g = groups(inv)?;
+    let prev = inv.config.require_prev_result()?;
+    let rtnl = Rtnl::new()?;
+    let node = rtnl.connect()?;
+    let set_or_check = |handle: &Handle, link: Link, group: u32| {
+        let handle = handle.clone();
+        async move {
+            if verify && link.group != group {
+                return Err(CniError::CheckFailed(format!("{} is in group {}, not {group}", link.name, link.group)));
+            }
+            if !verify && link.group != group {
+                netlink::set_link_attrs(&handle, link.index, Some(group), None, false).await?;
+            }
+            Ok(())
+        }
+    };
+    rtnl.block_on(async {
+        for link in host_links(&node, &prev, g.interfaces.as_deref()).await? {
+            set_or_check(&node, link, g.host).await?;
+        }
+        Ok::<_, CniError>(())
+    })?;
+    if let Some(group) = g.container {
+        let pod = rtnl.connect_in(&Netns::open(&inv.netns)?)?;
+        rtnl.block_on(async {
+            for name in pod_ifnames(inv, &prev) {
+                let link = netlink::link_by_name(&pod, name).await?;
+                let link =
+                    link.ok_or_else(|| CniError::CheckFailed(format!("{name} is missing from {}", inv.netns)))?;
+                set_or_check(&pod, link, group).await?;
+            }
+            Ok::<_, CniError>(())
+        })?;
+    }
+    Ok(prev)
+}
+
+impl Plugin for LinkGroup {
+    fn add(inv: &Invocation) -> Result<CniResult> {
+        walk(inv, false)
+    }
+
+    fn check(inv: &Invocation) -> Result<()> {
+        walk(inv, true).map(|_| ())
+    }
+
+    /// The main plugin removes the interfaces; a group needs no undoing.
+    fn del(inv: &Invocation) -> Result<()> {
+        inv.config.plugin::<LinkGroupConf>().map(|_| ())
+    }
+
+    fn status(inv: &Invocation) -> Result<()> {
+        groups(inv).map(|_| ())
+    }
+
+    fn gc(inv: &Invocation) -> Result<()> {
+        inv.config.plugin::<LinkGroupConf>().map(|_| ())
+    }
+}
+
+fn main() {
+    common::run::<LinkGroup>()
+}
