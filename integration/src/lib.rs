@@ -70,6 +70,65 @@ impl Netns {
         cmd
     }
 
+    /// Run `f` on a thread inside this netns (sockets it opens stay in this netns).
+    pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let ns = File::open(&self.path).expect("open netns");
+        std::thread::spawn(move || {
+            nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+            f()
+        })
+        .join()
+        .expect("thread in netns panicked")
+    }
+
+    /// A veth between this netns and `other`, with addresses on both ends, up; `group` on this end.
+    pub fn link_to(&self, other: &Netns, name: &str, addrs: &[(&str, &str)], group: Option<u32>) {
+        let peer = format!("{name}p");
+        self.ip(&["link", "add", name, "type", "veth", "peer", "name", &peer]);
+        // `ip link set netns` takes a pid: the parked thread's tid names its netns.
+        let tid = other.path.split('/').nth(4).unwrap().to_string();
+        self.ip(&["link", "set", &peer, "netns", &tid]);
+        for (mine, theirs) in addrs {
+            self.ip(&["addr", "add", mine, "dev", name, "nodad"]);
+            other.ip(&["addr", "add", theirs, "dev", &peer, "nodad"]);
+        }
+        if let Some(g) = group {
+            self.ip(&["link", "set", name, "group", &g.to_string()]);
+        }
+        self.ip(&["link", "set", name, "up"]);
+        other.ip(&["link", "set", &peer, "up"]);
+    }
+
+    /// `nft -j list ruleset` here (the tests read nftables with the CLI; the plugins never do).
+    pub fn nft_json(&self) -> Value {
+        let out = self.command("nft").args(["-j", "list", "ruleset"]).output().expect("run nft");
+        assert!(out.status.success(), "nft: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// `nft args...` here; panics if it fails.
+    pub fn nft(&self, args: &[&str]) -> String {
+        let out = self.command("nft").args(args).output().expect("run nft");
+        assert!(out.status.success(), "nft {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Listen on TCP here, let `client` connect to `addr` from its netns, and return the source
+    /// address the connection arrived with here (None: it never arrived).
+    pub fn peer_of(&self, client: &Netns, addr: &str) -> Option<std::net::IpAddr> {
+        use std::net::{SocketAddr, TcpListener, TcpStream};
+        let listener = self.run(move || TcpListener::bind(("::", 0)).expect("bind"));
+        let port = listener.local_addr().unwrap().port();
+        let target: SocketAddr = SocketAddr::new(addr.parse().unwrap(), port);
+        let connected =
+            client.run(move || TcpStream::connect_timeout(&target, std::time::Duration::from_secs(3)).is_ok());
+        if !connected {
+            return None;
+        }
+        let (_, peer) = listener.accept().ok()?;
+        Some(peer.ip().to_canonical())
+    }
+
     /// Run `ip args...` here; panics if it fails.
     pub fn ip(&self, args: &[&str]) -> String {
         let out = self.command("ip").args(args).output().expect("run ip");
@@ -280,7 +339,7 @@ impl<'a> Call<'a> {
 
     /// As `run`, letting the caller adjust the process (e.g. a private mount namespace).
     pub fn run_with(&self, node: &Netns, stdin: &[u8], adjust: impl FnOnce(&mut Command)) -> Reply {
-        let bin = if self.plugin.contains('/') { PathBuf::from(self.plugin) } else { bin_dir().join(self.plugin) };
+        let bin = plugin_path(self.plugin);
         let mut cmd = node.command(bin);
         cmd.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -300,6 +359,104 @@ impl<'a> Call<'a> {
         let mut child = cmd.spawn().expect("spawn plugin");
         let _ = child.stdin.take().unwrap().write_all(stdin);
         Reply::from(child.wait_with_output().expect("wait plugin"))
+    }
+}
+
+/// A plugin by name: ours if we build it, else the reference one; a path is taken as it is.
+pub fn plugin_path(plugin: &str) -> PathBuf {
+    if plugin.contains('/') {
+        return PathBuf::from(plugin);
+    }
+    let ours = bin_dir().join(plugin);
+    if ours.is_file() {
+        ours
+    } else {
+        Path::new(REFERENCE_DIR).join(plugin)
+    }
+}
+
+/// A conflist run the way libcni runs it: each plugin gets the list's name and cniVersion, ADD passes
+/// each result on as the next plugin's prevResult, DEL goes in reverse, CHECK and DEL get the final result.
+pub struct Chain {
+    pub list: Value,
+    /// Extra keys for every plugin's config (runtimeConfig, a dataDir override...).
+    pub overrides: Vec<(usize, String, Value)>,
+}
+
+impl Chain {
+    pub fn new(list: Value) -> Chain {
+        Chain { list, overrides: Vec::new() }
+    }
+
+    /// The shipped conflist `name` from conflists/.
+    pub fn shipped(name: &str) -> Chain {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../conflists").join(name);
+        Chain::new(serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap())
+    }
+
+    pub fn plugins(&self) -> usize {
+        self.list["plugins"].as_array().map_or(0, Vec::len)
+    }
+
+    /// Plugin `i`'s config as the runtime sends it.
+    pub fn config(&self, i: usize, prev: Option<&Value>) -> Value {
+        let mut c = self.list["plugins"][i].clone();
+        c["cniVersion"] = self.list["cniVersion"].clone();
+        c["name"] = self.list["name"].clone();
+        for (idx, key, value) in &self.overrides {
+            if *idx == i {
+                let mut target = &mut c;
+                let parts: Vec<&str> = key.split('.').collect();
+                for part in &parts[..parts.len() - 1] {
+                    target = &mut target[*part];
+                }
+                target[parts[parts.len() - 1]] = value.clone();
+            }
+        }
+        if let Some(p) = prev {
+            c["prevResult"] = p.clone();
+        }
+        c
+    }
+
+    fn kind(&self, i: usize) -> String {
+        self.list["plugins"][i]["type"].as_str().unwrap().to_string()
+    }
+
+    pub fn add(&self, node: &Netns, id: &str, netns: &str) -> Value {
+        let mut prev: Option<Value> = None;
+        for i in 0..self.plugins() {
+            let conf = serde_json::to_vec(&self.config(i, prev.as_ref())).unwrap();
+            let r = Call::new(&self.kind(i), "ADD", id, netns).run(node, &conf);
+            prev = Some(r.ok());
+        }
+        prev.unwrap_or(Value::Null)
+    }
+
+    pub fn check(&self, node: &Netns, id: &str, netns: &str, result: &Value) -> Vec<Reply> {
+        (0..self.plugins())
+            .map(|i| {
+                let conf = serde_json::to_vec(&self.config(i, Some(result))).unwrap();
+                Call::new(&self.kind(i), "CHECK", id, netns).run(node, &conf)
+            })
+            .collect()
+    }
+
+    pub fn del(&self, node: &Netns, id: &str, netns: &str, result: Option<&Value>) {
+        for i in (0..self.plugins()).rev() {
+            let conf = serde_json::to_vec(&self.config(i, result)).unwrap();
+            Call::new(&self.kind(i), "DEL", id, netns).run(node, &conf).ok();
+        }
+    }
+
+    /// A verb without an attachment (GC, STATUS) on every plugin; GC with these valid attachments.
+    pub fn each(&self, node: &Netns, verb: &str, valid: &[(&str, &str)]) -> Vec<Reply> {
+        (0..self.plugins())
+            .map(|i| {
+                let conf = with_valid_attachments(&self.config(i, None), valid);
+                Call::new(&self.kind(i), verb, "", "").run(node, &conf)
+            })
+            .collect()
     }
 }
 

@@ -1,0 +1,333 @@
+//! linkgroup, masquerade and ptp's ipMasq against the real kernel: a node netns with pods, an "outside"
+//! host behind an uplink, and a "peer" behind a link in group 9 (the cluster network). Traffic is real
+//! TCP; the listener reports the source address it sees.
+
+use integration::{with_prev_result, Call, Chain, Netns, TempDir};
+use serde_json::{json, Value};
+use std::net::IpAddr;
+
+struct Site {
+    node: Netns,
+    outside: Netns,
+    peer: Netns,
+}
+
+/// node ─uplink─ outside (192.0.2.0/24, 2001:db8::/64, no route back to pods)
+/// node ─cluster0 (group 9)─ peer (198.51.100.0/24, routes pods via the node)
+fn site() -> Site {
+    let (node, outside, peer) = (Netns::new(), Netns::new(), Netns::new());
+    node.link_to(&outside, "uplink", &[("192.0.2.1/24", "192.0.2.2/24"), ("2001:db8::1/64", "2001:db8::2/64")], None);
+    node.link_to(&peer, "cluster0", &[("198.51.100.1/24", "198.51.100.2/24")], Some(9));
+    peer.ip(&["route", "add", "10.0.0.0/8", "via", "198.51.100.1"]);
+    Site { node, outside, peer }
+}
+
+/// The node's veths that plugins made (the site's own links are not counted).
+fn pod_veths(node: &Netns) -> Vec<String> {
+    node.veths().into_iter().filter(|v| v != "uplink" && v != "cluster0").collect()
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+/// The pod's first address of the family, from a result.
+fn pod_ip(r: &Value, v6: bool) -> IpAddr {
+    r["ips"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| ip(i["address"].as_str().unwrap().split('/').next().unwrap()))
+        .find(|a| a.is_ipv6() == v6)
+        .unwrap()
+}
+
+/// Rules in our table, as `nft -j` lists them.
+fn rules(node: &Netns, table: &str) -> Vec<Value> {
+    node.nft_json()["nftables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|o| o.get("rule"))
+        .filter(|r| r["table"] == table)
+        .cloned()
+        .collect()
+}
+
+/// Elements of one of our maps: (address, comment).
+fn elements(node: &Netns, map: &str) -> Vec<(String, String)> {
+    let sets = node.nft_json();
+    let Some(set) = sets["nftables"].as_array().unwrap().iter().filter_map(|o| o.get("map")).find(|m| m["name"] == map)
+    else {
+        return Vec::new();
+    };
+    set["elem"]
+        .as_array()
+        .map(|l| {
+            l.iter()
+                .map(|e| {
+                    let pair = &e[0];
+                    let key = pair.get("elem").map_or(pair, |el| &el["val"]);
+                    let comment = pair.get("elem").and_then(|el| el["comment"].as_str()).unwrap_or("");
+                    (key.as_str().unwrap_or_default().to_string(), comment.to_string())
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn has_table(node: &Netns, table: &str) -> bool {
+    node.nft_json()["nftables"].as_array().unwrap().iter().any(|o| o.get("table").is_some_and(|t| t["name"] == table))
+}
+
+/// A table that is not ours, to prove we never touch it.
+fn other_table(node: &Netns) -> String {
+    node.nft(&["add", "table", "inet", "other"]);
+    node.nft(&["add", "chain", "inet", "other", "pass", "{ type filter hook forward priority 0; policy accept; }"]);
+    node.nft(&["add", "rule", "inet", "other", "pass", "ip", "daddr", "203.0.113.0/24", "drop"]);
+    node.nft(&["list", "table", "inet", "other"])
+}
+
+fn shipped_chain(data: &TempDir) -> Chain {
+    let mut chain = Chain::shipped("20-cni-chain-masquerade.conflist");
+    chain.overrides.push((0, "ipam.dataDir".into(), json!(data.str())));
+    chain
+}
+
+#[test]
+fn group_mode_chain_masquerades_egress_with_one_rule() {
+    let (s, data) = (site(), TempDir::new("masq"));
+    let other = other_table(&s.node);
+    let chain = shipped_chain(&data);
+    let pods = [Netns::new(), Netns::new()];
+    let r1 = chain.add(&s.node, "p1", pods[0].path());
+    let r2 = chain.add(&s.node, "p2", pods[1].path());
+    for r in [&r1, &r2] {
+        let veth = r["interfaces"][0]["name"].as_str().unwrap();
+        assert_eq!(s.node.link(veth).unwrap()["group"], "8", "linkgroup put {veth} in group 8");
+    }
+    let ours = rules(&s.node, "cni_chain");
+    assert_eq!(ours.len(), 1, "{ours:?}");
+    assert_eq!(ours[0]["chain"], "masq_group_8");
+
+    let (p1_v4, p1_v6) = (pod_ip(&r1, false), pod_ip(&r1, true));
+    assert_eq!(s.outside.peer_of(&pods[0], "192.0.2.2"), Some(ip("192.0.2.1")), "IPv4 egress is masqueraded");
+    assert_eq!(s.outside.peer_of(&pods[0], "2001:db8::2"), Some(ip("2001:db8::1")), "IPv6 egress is masqueraded");
+    let p2 = pod_ip(&r2, false).to_string();
+    assert_eq!(pods[1].peer_of(&pods[0], &p2), Some(p1_v4), "pod to pod keeps the pod's address");
+    assert_eq!(s.peer.peer_of(&pods[0], "198.51.100.2"), Some(p1_v4), "the group-9 link is not masqueraded");
+    let _ = p1_v6;
+
+    for reply in chain.check(&s.node, "p1", pods[0].path(), &r1) {
+        reply.ok();
+    }
+    // The rule vanished behind our back: CHECK says so, the next ADD puts it back.
+    s.node.nft(&["flush", "chain", "inet", "cni_chain", "masq_group_8"]);
+    assert!(chain.check(&s.node, "p1", pods[0].path(), &r1)[2].err(104).contains("masq_group_8"));
+    let pod3 = Netns::new();
+    let r3 = chain.add(&s.node, "p3", pod3.path());
+    assert_eq!(rules(&s.node, "cni_chain").len(), 1);
+
+    // DEL leaves the shared rule to the other pods; GC with none left removes our table.
+    chain.del(&s.node, "p1", pods[0].path(), Some(&r1));
+    chain.del(&s.node, "p3", pod3.path(), Some(&r3));
+    assert_eq!(rules(&s.node, "cni_chain").len(), 1);
+    assert_eq!(s.outside.peer_of(&pods[1], "192.0.2.2"), Some(ip("192.0.2.1")));
+    let mut gc_1_1 = Chain::new(chain.list.clone());
+    gc_1_1.list["cniVersion"] = json!("1.1.0");
+    gc_1_1.overrides = chain.overrides.clone();
+    for reply in gc_1_1.each(&s.node, "GC", &[("p2", "eth0")]) {
+        reply.ok();
+    }
+    assert_eq!(rules(&s.node, "cni_chain").len(), 1, "p2 is still valid");
+    for reply in gc_1_1.each(&s.node, "GC", &[]) {
+        reply.ok();
+    }
+    assert!(!has_table(&s.node, "cni_chain"), "GC with no pods left removes the table");
+    assert!(pod_veths(&s.node).is_empty());
+    assert_eq!(s.node.nft(&["list", "table", "inet", "other"]), other, "another table was touched");
+}
+
+/// masquerade alone, with a made-up prevResult: what a main plugin would have returned.
+fn masq_conf(mode: Value, addrs: &[String]) -> Vec<u8> {
+    let ips: Vec<Value> = addrs.iter().map(|a| json!({"address": a})).collect();
+    let mut c = json!({"cniVersion": "1.1.0", "name": "masqnet", "type": "masquerade",
+        "prevResult": {"cniVersion": "1.1.0", "ips": ips}});
+    for (k, v) in mode.as_object().unwrap() {
+        c[k] = v.clone();
+    }
+    serde_json::to_vec(&c).unwrap()
+}
+
+fn parallel(n: usize, f: impl Fn(usize) + Sync) {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        for _ in 0..8 {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                if i >= n {
+                    break;
+                }
+                f(i);
+            });
+        }
+    });
+}
+
+#[test]
+fn rule_count_is_the_same_for_one_pod_and_for_200_and_concurrent_adds_converge() {
+    let node = Netns::new();
+    let addr = |i: usize| format!("10.70.{}.{}/16", i / 250, i % 250 + 2);
+    let add = |mode: &Value, i: usize| {
+        Call::new("masquerade", "ADD", &format!("c{i}"), node.path())
+            .run(&node, &masq_conf(mode.clone(), &[addr(i)]))
+            .ok();
+    };
+
+    let group = json!({"mode": "group"});
+    add(&group, 0);
+    let one = rules(&node, "cni_chain").len();
+    parallel(200, |i| add(&group, i));
+    assert_eq!((one, rules(&node, "cni_chain").len()), (1, 1), "group mode: one rule, however many pods");
+
+    let pod = json!({"mode": "pod"});
+    add(&pod, 0);
+    let with_one = rules(&node, "cni_chain").len();
+    parallel(200, |i| add(&pod, i));
+    assert_eq!(rules(&node, "cni_chain").len(), with_one, "pod mode: fixed rules");
+    let elems = elements(&node, "pods_v4");
+    assert_eq!(elems.len(), 200);
+    assert!(
+        elems.iter().any(|(a, c)| a == "10.70.0.7" && c == "cni-chain:masquerade:masqnet:c5/eth0"),
+        "{:?}",
+        &elems[..3]
+    );
+
+    // GC keeps the valid half; DEL without prevResult removes one more; GC with none removes the rest.
+    let valid: Vec<(String, String)> = (0..100).map(|i| (format!("c{i}"), "eth0".to_string())).collect();
+    let valid: Vec<(&str, &str)> = valid.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+    let conf: Value = serde_json::from_slice(&masq_conf(pod.clone(), &[])).unwrap();
+    Call::new("masquerade", "GC", "", "").run(&node, &integration::with_valid_attachments(&conf, &valid)).ok();
+    assert_eq!(elements(&node, "pods_v4").len(), 100);
+    let mut no_prev = conf.clone();
+    no_prev.as_object_mut().unwrap().remove("prevResult");
+    Call::new("masquerade", "DEL", "c0", "").run(&node, &serde_json::to_vec(&no_prev).unwrap()).ok();
+    Call::new("masquerade", "DEL", "c0", "").run(&node, &serde_json::to_vec(&no_prev).unwrap()).ok();
+    assert_eq!(elements(&node, "pods_v4").len(), 99);
+    Call::new("masquerade", "GC", "", "").run(&node, &integration::with_valid_attachments(&conf, &[])).ok();
+    assert!(elements(&node, "pods_v4").is_empty());
+    let group_conf: Value = serde_json::from_slice(&masq_conf(group, &[])).unwrap();
+    Call::new("masquerade", "GC", "", "").run(&node, &integration::with_valid_attachments(&group_conf, &[])).ok();
+    assert!(!has_table(&node, "cni_chain"), "{}", node.nft(&["list", "ruleset"]));
+}
+
+#[test]
+fn pod_mode_masquerades_except_towards_excluded_cidrs() {
+    let (s, data) = (site(), TempDir::new("masq"));
+    let list = json!({"cniVersion": "1.0.0", "name": "podmasq", "plugins": [
+        {"type": "ptp", "ipam": {"type": "host-local", "dataDir": data.str(),
+            "ranges": [[{"subnet": "10.61.0.0/24"}], [{"subnet": "fd61::/64"}]], "routes": [{"dst": "0.0.0.0/0"}, {"dst": "::/0"}]}},
+        {"type": "masquerade", "mode": "pod", "table": "podmasq", "excludeCIDRs": ["10.61.0.0/24", "fd61::/64", "198.51.100.0/24"]}
+    ]});
+    let chain = Chain::new(list);
+    let pods = [Netns::new(), Netns::new()];
+    let r1 = chain.add(&s.node, "q1", pods[0].path());
+    let r2 = chain.add(&s.node, "q2", pods[1].path());
+    let p1 = pod_ip(&r1, false);
+    assert_eq!(s.outside.peer_of(&pods[0], "192.0.2.2"), Some(ip("192.0.2.1")));
+    assert_eq!(s.outside.peer_of(&pods[0], "2001:db8::2"), Some(ip("2001:db8::1")));
+    assert_eq!(s.peer.peer_of(&pods[0], "198.51.100.2"), Some(p1), "excluded CIDR keeps the pod's address");
+    assert_eq!(pods[1].peer_of(&pods[0], &pod_ip(&r2, false).to_string()), Some(p1));
+    assert_eq!(elements(&s.node, "pods_v4").len(), 2);
+    assert_eq!(elements(&s.node, "pods_v6").len(), 2);
+    for reply in chain.check(&s.node, "q1", pods[0].path(), &r1) {
+        reply.ok();
+    }
+
+    // DEL after the pod's netns is gone and without prevResult still removes its elements.
+    let gone = pods[0].path().to_string();
+    let [pod1, pod2] = pods;
+    drop(pod1);
+    chain.del(&s.node, "q1", &gone, None);
+    assert_eq!(
+        elements(&s.node, "pods_v4"),
+        [(pod_ip(&r2, false).to_string(), "cni-chain:masquerade:podmasq:q2/eth0".into())]
+    );
+    chain.del(&s.node, "q2", pod2.path(), Some(&r2));
+    assert!(!has_table(&s.node, "podmasq"), "the last DEL leaves no elements and no table");
+}
+
+#[test]
+fn ptp_ip_masq_uses_the_pod_mode() {
+    let (s, data) = (site(), TempDir::new("masq"));
+    let conf = json!({"cniVersion": "1.0.0", "name": "ptpmasq", "type": "ptp", "ipMasq": true,
+        "ipam": {"type": "host-local", "dataDir": data.str(), "ranges": [[{"subnet": "10.62.0.0/24"}]], "routes": [{"dst": "0.0.0.0/0"}]}});
+    let pod = Netns::new();
+    let bytes = serde_json::to_vec(&conf).unwrap();
+    let r = Call::new("ptp", "ADD", "m1", pod.path()).run(&s.node, &bytes).ok();
+    assert_eq!(s.outside.peer_of(&pod, "192.0.2.2"), Some(ip("192.0.2.1")));
+    assert_eq!(elements(&s.node, "pods_v4"), [("10.62.0.2".to_string(), "cni-chain:ptp:ptpmasq:m1/eth0".to_string())]);
+    Call::new("ptp", "CHECK", "m1", pod.path()).run(&s.node, &with_prev_result(&conf, &r)).ok();
+    s.node.nft(&["flush", "map", "inet", "cni_chain", "pods_v4"]);
+    Call::new("ptp", "CHECK", "m1", pod.path()).run(&s.node, &with_prev_result(&conf, &r)).err(104);
+    Call::new("ptp", "DEL", "m1", pod.path()).run(&s.node, &bytes).ok();
+    assert!(!has_table(&s.node, "cni_chain"));
+    assert!(pod_veths(&s.node).is_empty());
+}
+
+#[test]
+fn linkgroup_after_the_reference_ptp_and_bridge() {
+    let (node, data) = (Netns::new(), TempDir::new("lg"));
+    for (main, subnet) in [("/usr/lib/cni/ptp", "10.63.0.0/24"), ("/usr/lib/cni/bridge", "10.64.0.0/24")] {
+        let list = json!({"cniVersion": "1.0.0", "name": "lgnet", "plugins": [
+            {"type": main, "bridge": "br-test", "isGateway": true,
+             "ipam": {"type": "host-local", "dataDir": data.str(), "ranges": [[{"subnet": subnet}]]}},
+            {"type": "linkgroup", "group": 8, "containerGroup": 7}
+        ]});
+        let chain = Chain::new(list);
+        let pod = Netns::new();
+        let r = chain.add(&node, "l1", pod.path());
+        let host: Vec<String> = r["interfaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|i| i.get("sandbox").is_none())
+            .map(|i| i["name"].as_str().unwrap().to_string())
+            .collect();
+        for name in &host {
+            let want = if node.link(name).unwrap()["linkinfo"]["info_kind"] == "veth" { "8" } else { "default" };
+            assert_eq!(node.link(name).unwrap()["group"], want, "{main}: {name}");
+        }
+        assert_eq!(pod.link("eth0").unwrap()["group"], "7", "{main}: containerGroup");
+        for reply in chain.check(&node, "l1", pod.path(), &r) {
+            reply.ok();
+        }
+        let veth = host.iter().find(|n| node.link(n).unwrap()["group"] == "8").unwrap();
+        node.ip(&["link", "set", veth, "group", "0"]);
+        assert!(chain.check(&node, "l1", pod.path(), &r)[1].err(104).contains("group"));
+        chain.del(&node, "l1", pod.path(), Some(&r));
+        chain.del(&node, "l1", pod.path(), Some(&r));
+    }
+    // Without prevResult linkgroup cannot know what to group.
+    let conf = br#"{"cniVersion":"1.0.0","name":"lgnet","type":"linkgroup","group":8}"#;
+    assert!(Call::new("linkgroup", "ADD", "x", node.path()).run(&node, conf).err(7).contains("prevResult"));
+    let bad = br#"{"cniVersion":"1.0.0","name":"lgnet","type":"linkgroup","group":"no-such-group",
+        "prevResult":{"cniVersion":"1.0.0","interfaces":[{"name":"x"}]}}"#;
+    Call::new("linkgroup", "ADD", "x", node.path()).run(&node, bad).err(7);
+}
+
+#[test]
+fn status_says_when_nftables_is_not_usable() {
+    let node = Netns::new();
+    let conf = br#"{"cniVersion":"1.1.0","name":"st","type":"masquerade"}"#;
+    Call::new("masquerade", "STATUS", "", "").run(&node, conf).ok();
+    // In a user namespace of its own the plugin has no CAP_NET_ADMIN over the node's netns.
+    let reply = Call::new("masquerade", "STATUS", "", "").run_with(&node, conf, |cmd| {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: unshare is a plain syscall between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWUSER).map_err(std::io::Error::from));
+        }
+    });
+    assert!(reply.err(50).contains("nftables"));
+}
