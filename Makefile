@@ -2,10 +2,10 @@
 
 CNI_BIN_DIR ?= /opt/cni/bin
 DESTDIR ?=
-PLUGINS := ptp host-local
+PLUGINS := ptp host-local linkgroup masquerade
 # Kernel tests make namespaces and processes: keep parallelism modest on small machines.
 TEST_THREADS ?= 4
-APT_PACKAGES := containernetworking-plugins iproute2 iputils-ping nftables
+APT_PACKAGES := containernetworking-plugins iproute2 iputils-ping nftables iptables python3
 
 .PHONY: all build deps test unit lint demo install clean
 

@@ -116,9 +116,14 @@ impl Netns {
     /// Listen on TCP here, let `client` connect to `addr` from its netns, and return the source
     /// address the connection arrived with here (None: it never arrived).
     pub fn peer_of(&self, client: &Netns, addr: &str) -> Option<std::net::IpAddr> {
+        self.peer_via(client, addr, 0, None)
+    }
+
+    /// As `peer_of`, listening on `port` (0: any) while the client connects to `via_port` (a port mapping).
+    pub fn peer_via(&self, client: &Netns, addr: &str, port: u16, via_port: Option<u16>) -> Option<std::net::IpAddr> {
         use std::net::{SocketAddr, TcpListener, TcpStream};
-        let listener = self.run(move || TcpListener::bind(("::", 0)).expect("bind"));
-        let port = listener.local_addr().unwrap().port();
+        let listener = self.run(move || TcpListener::bind(("::", port)).expect("bind"));
+        let port = via_port.unwrap_or(listener.local_addr().unwrap().port());
         let target: SocketAddr = SocketAddr::new(addr.parse().unwrap(), port);
         let connected =
             client.run(move || TcpStream::connect_timeout(&target, std::time::Duration::from_secs(3)).is_ok());

@@ -331,3 +331,25 @@ fn status_says_when_nftables_is_not_usable() {
     });
     assert!(reply.err(50).contains("nftables"));
 }
+
+#[test]
+fn reference_portmap_after_our_chain_still_works() {
+    let (s, data) = (site(), TempDir::new("masq"));
+    let mut list = Chain::shipped("20-cni-chain-masquerade.conflist").list;
+    list["plugins"].as_array_mut().unwrap().push(json!({"type": "portmap", "capabilities": {"portMappings": true}}));
+    let mut chain = Chain::new(list);
+    chain.overrides.push((0, "ipam.dataDir".into(), json!(data.str())));
+    let mappings = json!({"portMappings": [{"hostPort": 8090, "containerPort": 80, "protocol": "tcp"}]});
+    chain.overrides.push((3, "runtimeConfig".into(), mappings));
+    let pod = Netns::new();
+    let r = chain.add(&s.node, "pm", pod.path());
+    assert_eq!(pod.peer_via(&s.outside, "192.0.2.1", 80, Some(8090)), Some(ip("192.0.2.2")), "port mapping");
+    assert_eq!(s.outside.peer_of(&pod, "192.0.2.2"), Some(ip("192.0.2.1")), "egress still masqueraded");
+    // Our three pass CHECK; Debian's portmap 1.1.1 fails its own CHECK of a dual-stack pod's IPv6 rules.
+    for reply in chain.check(&s.node, "pm", pod.path(), &r).into_iter().take(3) {
+        reply.ok();
+    }
+    chain.del(&s.node, "pm", pod.path(), Some(&r));
+    assert!(pod_veths(&s.node).is_empty());
+    assert_eq!(rules(&s.node, "cni_chain").len(), 1, "our rule is not portmap's to remove");
+}
