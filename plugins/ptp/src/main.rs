@@ -116,7 +116,11 @@ impl Plugin for Ptp {
     }
 
     fn status(inv: &Invocation) -> Result<()> {
-        settings(inv)?;
+        if settings(inv)?.ip_masq {
+            Nft::open()
+                .and_then(|mut nft| nft.table_exists(DEFAULT_TABLE))
+                .map_err(|e| CniError::NotAvailable(format!("ipMasq needs nftables, which is not usable here: {e}")))?;
+        }
         ipam::exec(inv, Command::Status).map(|_| ())
     }
 
