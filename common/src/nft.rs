@@ -480,26 +480,6 @@ impl Nft {
             .collect())
     }
 
-    /// Names of the sets and maps in `table`.
-    pub fn sets(&mut self, table: &str) -> Result<Vec<String>> {
-        let attrs = vec![SetAttribute::Table(table.into())];
-        let sets = self.dump(NfTablesMessage::GetSet(SetMessage { attributes: attrs }))?;
-        Ok(sets
-            .into_iter()
-            .filter_map(|m| match m {
-                NfTablesMessage::NewSet(s) => {
-                    let in_table = s.attributes.iter().any(|a| matches!(a, SetAttribute::Table(t) if t == table));
-                    let name = s.attributes.into_iter().find_map(|a| match a {
-                        SetAttribute::Name(n) => Some(n),
-                        _ => None,
-                    });
-                    name.filter(|_| in_table)
-                }
-                _ => None,
-            })
-            .collect())
-    }
-
     pub fn rules(&mut self, table: &str, chain: &str) -> Result<Vec<RuleInfo>> {
         let attrs = vec![RuleAttribute::Table(table.into()), RuleAttribute::Chain(chain.into())];
         let rules = self.dump(NfTablesMessage::GetRule(RuleMessage { attributes: attrs }))?;
