@@ -192,18 +192,21 @@ impl Batch {
         self.msgs.is_empty()
     }
 
+    fn push(&mut self, msg: NfTablesMessage, flags: u16) -> &mut Self {
+        self.msgs.push((msg, flags));
+        self
+    }
+
     /// Create the table unless it exists.
     pub fn add_table(&mut self, table: &str) -> &mut Self {
         let attrs = vec![TableAttribute::Name(table.into()), TableAttribute::Flags(TableFlags::default())];
-        self.msgs.push((NfTablesMessage::NewTable(TableMessage { attributes: attrs }), NLM_F_CREATE));
-        self
+        self.push(NfTablesMessage::NewTable(TableMessage { attributes: attrs }), NLM_F_CREATE)
     }
 
     /// Delete the table, which the kernel refuses (EBUSY) while it holds chains or sets.
     pub fn delete_empty_table(&mut self, table: &str) -> &mut Self {
         let attrs = vec![TableAttribute::Name(table.into())];
-        self.msgs.push((NfTablesMessage::DeleteTable(TableMessage { attributes: attrs }), NLM_F_NONREC));
-        self
+        self.push(NfTablesMessage::DeleteTable(TableMessage { attributes: attrs }), NLM_F_NONREC)
     }
 
     /// Create a nat chain hooked at postrouting unless it exists.
@@ -218,28 +221,24 @@ impl Batch {
             ChainAttribute::Policy(1), // accept
             ChainAttribute::Type("nat".into()),
         ];
-        self.msgs.push((NfTablesMessage::NewChain(ChainMessage { attributes: attrs }), NLM_F_CREATE));
-        self
+        self.push(NfTablesMessage::NewChain(ChainMessage { attributes: attrs }), NLM_F_CREATE)
     }
 
     /// Create a regular chain (a jump target) unless it exists.
     pub fn add_chain(&mut self, table: &str, chain: &str) -> &mut Self {
         let attrs = vec![ChainAttribute::Table(table.into()), ChainAttribute::Name(chain.into())];
-        self.msgs.push((NfTablesMessage::NewChain(ChainMessage { attributes: attrs }), NLM_F_CREATE));
-        self
+        self.push(NfTablesMessage::NewChain(ChainMessage { attributes: attrs }), NLM_F_CREATE)
     }
 
     pub fn delete_chain(&mut self, table: &str, chain: &str) -> &mut Self {
         let attrs = vec![ChainAttribute::Table(table.into()), ChainAttribute::Name(chain.into())];
-        self.msgs.push((NfTablesMessage::DeleteChain(ChainMessage { attributes: attrs }), 0));
-        self
+        self.push(NfTablesMessage::DeleteChain(ChainMessage { attributes: attrs }), 0)
     }
 
     /// Remove every rule of the chain (`nft flush chain`).
     pub fn flush_chain(&mut self, table: &str, chain: &str) -> &mut Self {
         let attrs = vec![RuleAttribute::Table(table.into()), RuleAttribute::Chain(chain.into())];
-        self.msgs.push((NfTablesMessage::DeleteRule(RuleMessage { attributes: attrs }), 0));
-        self
+        self.push(NfTablesMessage::DeleteRule(RuleMessage { attributes: attrs }), 0)
     }
 
     pub fn add_rule(&mut self, table: &str, chain: &str, rule: Rule, comment_text: &str) -> &mut Self {
@@ -249,8 +248,7 @@ impl Batch {
             RuleAttribute::Expressions(rule.0),
             RuleAttribute::UserData(comment(comment_text)),
         ];
-        self.msgs.push((NfTablesMessage::NewRule(RuleMessage { attributes: attrs }), NLM_F_CREATE | NLM_F_APPEND));
-        self
+        self.push(NfTablesMessage::NewRule(RuleMessage { attributes: attrs }), NLM_F_CREATE | NLM_F_APPEND)
     }
 
     /// Create an address → verdict map unless it exists.
@@ -267,15 +265,13 @@ impl Batch {
             // The kernel requires an ID for a set created in a batch.
             SetAttribute::Id(if v6 { 2 } else { 1 }),
         ];
-        self.msgs.push((NfTablesMessage::NewSet(SetMessage { attributes: attrs }), NLM_F_CREATE));
-        self
+        self.push(NfTablesMessage::NewSet(SetMessage { attributes: attrs }), NLM_F_CREATE)
     }
 
     /// Delete the set, which the kernel refuses (EBUSY) while it has elements.
     pub fn delete_empty_set(&mut self, table: &str, set: &str) -> &mut Self {
         let attrs = vec![SetAttribute::Table(table.into()), SetAttribute::Name(set.into())];
-        self.msgs.push((NfTablesMessage::DeleteSet(SetMessage { attributes: attrs }), NLM_F_NONREC));
-        self
+        self.push(NfTablesMessage::DeleteSet(SetMessage { attributes: attrs }), NLM_F_NONREC)
     }
 
     fn elements(table: &str, map: &str, elems: Vec<ListAttribute<SetElementAttribute>>) -> SetElementMessage {
@@ -305,8 +301,7 @@ impl Batch {
                 ListAttribute::Element(attrs)
             })
             .collect();
-        self.msgs.push((NfTablesMessage::NewSetElement(Batch::elements(table, map, list)), NLM_F_CREATE));
-        self
+        self.push(NfTablesMessage::NewSetElement(Batch::elements(table, map, list)), NLM_F_CREATE)
     }
 
     pub fn delete_elements(&mut self, table: &str, map: &str, keys: &[IpAddr]) -> &mut Self {
@@ -314,8 +309,7 @@ impl Batch {
             .iter()
             .map(|k| ListAttribute::Element(vec![SetElementAttribute::Key(DataAttribute::Value(addr_bytes(*k)))]))
             .collect();
-        self.msgs.push((NfTablesMessage::DeleteSetElement(Batch::elements(table, map, list)), 0));
-        self
+        self.push(NfTablesMessage::DeleteSetElement(Batch::elements(table, map, list)), 0)
     }
 }
 
