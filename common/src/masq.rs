@@ -8,7 +8,7 @@
 //! in use is refused by the kernel at commit, so a concurrent ADD never loses its state.
 
 use crate::error::{CniError, Result};
-use crate::nft::{Batch, Nft, Rule, VmapElement, MAX_COMMENT};
+use crate::nft::{Batch, Element, Nft, Rule, MAX_COMMENT};
 use ipnetwork::IpNetwork;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -114,8 +114,8 @@ pub struct PodMasq<'a> {
     pub random_fully: bool,
 }
 
-/// The destinations a pod's traffic keeps its address for, besides `excludes`.
-fn multicast(v6: bool) -> IpNetwork {
+/// Multicast destinations, which NAT leaves alone.
+pub fn multicast(v6: bool) -> IpNetwork {
     let (addr, prefix) = if v6 {
         (IpAddr::V6(Ipv6Addr::new(0xff00, 0, 0, 0, 0, 0, 0, 0)), 8)
     } else {
@@ -144,9 +144,9 @@ fn map_for(ip: IpAddr) -> &'static str {
 }
 
 impl PodMasq<'_> {
-    fn elements(&self, nft: &mut Nft) -> Result<Vec<VmapElement>> {
-        let mut all = nft.vmap_elements(self.table, POD_MAP_V4)?;
-        all.extend(nft.vmap_elements(self.table, POD_MAP_V6)?);
+    fn elements(&self, nft: &mut Nft) -> Result<Vec<Element>> {
+        let mut all = nft.elements(self.table, POD_MAP_V4)?;
+        all.extend(nft.elements(self.table, POD_MAP_V6)?);
         Ok(all)
     }
 
@@ -202,13 +202,13 @@ impl PodMasq<'_> {
             if !stale.is_empty() {
                 b.delete_elements(self.table, map, &stale);
             }
-            let elems: Vec<VmapElement> = ips
+            let elems: Vec<Element> = ips
                 .iter()
                 .filter(|ip| map_for(**ip) == map)
-                .map(|ip| VmapElement { key: *ip, jump: chain.clone(), comment: Some(tag.into()) })
+                .map(|ip| Element { key: *ip, jump: Some(chain.clone()), comment: Some(tag.into()) })
                 .collect();
             if !elems.is_empty() {
-                b.add_vmap_elements(self.table, map, &elems);
+                b.add_elements(self.table, map, &elems);
             }
         }
         nft.apply(&b, "adding the pod's masquerade")
@@ -220,7 +220,7 @@ impl PodMasq<'_> {
             return Ok(0);
         }
         let elements = self.elements(nft)?;
-        let (gone, kept): (Vec<&VmapElement>, Vec<&VmapElement>) =
+        let (gone, kept): (Vec<&Element>, Vec<&Element>) =
             elements.iter().partition(|e| e.comment.as_deref().is_some_and(&drop));
         let mut b = Batch::new();
         for map in [POD_MAP_V4, POD_MAP_V6] {
@@ -236,11 +236,11 @@ impl PodMasq<'_> {
 
     /// Best effort: exclusion chains nothing jumps to, then the per-pod structure and the table once
     /// empty. The kernel refuses to delete what a concurrent ADD just started to use.
-    fn prune(&self, nft: &mut Nft, kept: &[&VmapElement]) {
+    fn prune(&self, nft: &mut Nft, kept: &[&Element]) {
         let chains = nft.chains(self.table).unwrap_or_default();
-        for chain in
-            chains.iter().filter(|c| c.starts_with(EXCLUSION_CHAIN_PREFIX) && !kept.iter().any(|e| &e.jump == *c))
-        {
+        for chain in chains.iter().filter(|c| {
+            c.starts_with(EXCLUSION_CHAIN_PREFIX) && !kept.iter().any(|e| e.jump.as_deref() == Some(c.as_str()))
+        }) {
             let mut b = Batch::new();
             b.flush_chain(self.table, chain).delete_chain(self.table, chain);
             if let Err(e) = nft.apply(&b, "removing an unused exclusion chain") {

@@ -18,7 +18,7 @@ use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 pub use rtnetlink::Handle;
 use rtnetlink::{LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
 use std::future::Future;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::AsRawFd;
 
 const ENOENT: i32 = 2;
@@ -383,6 +383,31 @@ pub async fn routes(handle: &Handle, ipv6: bool) -> Result<Vec<RouteSpec>> {
         out.push(spec);
     }
     Ok(out)
+}
+
+/// The address the node's IPv4 traffic leaves with: the preferred source of the main table's best
+/// default route, else the first global IPv4 address of that route's interface.
+pub async fn default_route_source_v4(handle: &Handle) -> Result<Option<Ipv4Addr>> {
+    let mut defaults: Vec<RouteSpec> = routes(handle, false)
+        .await?
+        .into_iter()
+        .filter(|r| r.dst.prefix() == 0 && r.table == Some(RouteHeader::RT_TABLE_MAIN as u32))
+        .collect();
+    defaults.sort_by_key(|r| r.metric.unwrap_or(0));
+    for route in defaults {
+        if let Some(IpAddr::V4(src)) = route.src {
+            return Ok(Some(src));
+        }
+        let Some(oif) = route.oif else { continue };
+        let global = addresses(handle, oif).await?.into_iter().find_map(|a| match a.ip() {
+            IpAddr::V4(v4) if !v4.is_link_local() && !v4.is_loopback() => Some(v4),
+            _ => None,
+        });
+        if global.is_some() {
+            return Ok(global);
+        }
+    }
+    Ok(None)
 }
 
 /// A policy rule: traffic from `src` (and/or to `dst`) looks up `table`.

@@ -27,6 +27,14 @@ const TYPE_VERDICT: u32 = 0xffff_ff00;
 /// NFT_PAYLOAD_NETWORK_HEADER
 const BASE_NETWORK: u32 = 1;
 const NFTA_MASQ_FLAGS: u16 = 1;
+const NFTA_NAT_TYPE: u16 = 1;
+const NFTA_NAT_FAMILY: u16 = 2;
+const NFTA_NAT_REG_ADDR_MIN: u16 = 3;
+const NFTA_NAT_FLAGS: u16 = 7;
+const NFT_NAT_SNAT: u32 = 0;
+/// NFT_REG_1, the register `load_addr` and `Immediate` use.
+const NFT_REG_1: u32 = 1;
+const NF_NAT_RANGE_PROTO_RANDOM: u32 = 1 << 2;
 const NF_NAT_RANGE_PROTO_RANDOM_FULLY: u32 = 1 << 4;
 /// libnftnl's user-data TLV type for a comment, so `nft list` shows our tags as comments.
 const UDATA_COMMENT: u8 = 0;
@@ -59,6 +67,37 @@ pub fn comment_of(udata: &[u8]) -> Option<String> {
 
 /// The longest comment nftables stores with an object.
 pub const MAX_COMMENT: usize = 250;
+
+/// How NAT picks the source port: `fully-random`, `random` (a hash of the flow) or kept when possible.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PortSelection {
+    FullyRandom,
+    HashRandom,
+    Keep,
+}
+
+impl PortSelection {
+    fn flags(self) -> u32 {
+        match self {
+            PortSelection::FullyRandom => NF_NAT_RANGE_PROTO_RANDOM_FULLY,
+            PortSelection::HashRandom => NF_NAT_RANGE_PROTO_RANDOM,
+            PortSelection::Keep => 0,
+        }
+    }
+
+    /// The words `nft list` prints after the NAT target.
+    pub fn nft_words(self) -> &'static str {
+        match self {
+            PortSelection::FullyRandom => " fully-random",
+            PortSelection::HashRandom => " random",
+            PortSelection::Keep => "",
+        }
+    }
+}
+
+fn be32_nla(kind: u16, value: u32) -> DefaultNla {
+    DefaultNla::new(kind, value.to_be_bytes().to_vec())
+}
 
 /// Rule expressions, built with the helpers below.
 #[derive(Debug, Clone, Default)]
@@ -122,6 +161,15 @@ impl Rule {
 
     /// `ip daddr net/prefix` (or `ip6 daddr`).
     pub fn daddr_in(self, net: ipnetwork::IpNetwork) -> Self {
+        self.daddr_cmp(net, Operator::Equal)
+    }
+
+    /// `ip daddr != net/prefix` (or `ip6 daddr`).
+    pub fn daddr_not_in(self, net: ipnetwork::IpNetwork) -> Self {
+        self.daddr_cmp(net, Operator::NotEqual)
+    }
+
+    fn daddr_cmp(self, net: ipnetwork::IpNetwork, op: Operator) -> Self {
         let (addr, mask): (Vec<u8>, Vec<u8>) = match net {
             ipnetwork::IpNetwork::V4(n) => (n.network().octets().to_vec(), n.mask().octets().to_vec()),
             ipnetwork::IpNetwork::V6(n) => (n.network().octets().to_vec(), n.mask().octets().to_vec()),
@@ -135,7 +183,13 @@ impl Rule {
                 Bitwise::Mask(DataAttribute::Value(mask)),
                 Bitwise::Xor(DataAttribute::Value(vec![0; len as usize])),
             ]))
-            .cmp(Operator::Equal, addr)
+            .cmp(op, addr)
+    }
+
+    /// `ip saddr @set` (or `ip6 saddr`).
+    pub fn saddr_in(self, v6: bool, set: &str) -> Self {
+        self.load_addr(v6, true)
+            .push(Expressions::Lookup(vec![Lookup::Set(set.into()), Lookup::SourceRegister(Register::Reg1)]))
     }
 
     /// `ip saddr vmap @map` (or `ip6 saddr`).
@@ -160,6 +214,24 @@ impl Rule {
             if flags == 0 { vec![] } else { vec![DefaultNla::new(NFTA_MASQ_FLAGS, flags.to_be_bytes().to_vec())] };
         self.push(Expressions::Other { expression_type: "masq".into(), attributes: attrs })
     }
+
+    /// `snat ip to addr` (or `ip6`), choosing ports as `ports` says.
+    pub fn snat(self, addr: IpAddr, ports: PortSelection) -> Self {
+        let family = if addr.is_ipv6() { NFPROTO_IPV6 } else { NFPROTO_IPV4 };
+        self.push(Expressions::Immediate(vec![
+            Immediate::DestinationRegister(Register::Reg1),
+            Immediate::Data(DataAttribute::Value(addr_bytes(addr))),
+        ]))
+        .push(Expressions::Other {
+            expression_type: "nat".into(),
+            attributes: vec![
+                be32_nla(NFTA_NAT_TYPE, NFT_NAT_SNAT),
+                be32_nla(NFTA_NAT_FAMILY, u32::from(family)),
+                be32_nla(NFTA_NAT_REG_ADDR_MIN, NFT_REG_1),
+                be32_nla(NFTA_NAT_FLAGS, ports.flags()),
+            ],
+        })
+    }
 }
 
 fn addr_bytes(ip: IpAddr) -> Vec<u8> {
@@ -169,11 +241,11 @@ fn addr_bytes(ip: IpAddr) -> Vec<u8> {
     }
 }
 
-/// One element of a verdict map: address → `jump chain`, tagged with a comment.
+/// One element of an address set, or of a verdict map (address → `jump chain`), tagged with a comment.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct VmapElement {
+pub struct Element {
     pub key: IpAddr,
-    pub jump: String,
+    pub jump: Option<String>,
     pub comment: Option<String>,
 }
 
@@ -181,6 +253,8 @@ pub struct VmapElement {
 #[derive(Debug, Default)]
 pub struct Batch {
     msgs: Vec<(NfTablesMessage, u16)>,
+    /// The kernel requires each set created in a batch to carry an ID unique in that batch.
+    set_ids: u32,
 }
 
 impl Batch {
@@ -253,18 +327,28 @@ impl Batch {
 
     /// Create an address → verdict map unless it exists.
     pub fn add_vmap(&mut self, table: &str, map: &str, v6: bool) -> &mut Self {
+        self.add_address_set(table, map, v6, true)
+    }
+
+    /// Create a set of addresses unless it exists.
+    pub fn add_set(&mut self, table: &str, set: &str, v6: bool) -> &mut Self {
+        self.add_address_set(table, set, v6, false)
+    }
+
+    fn add_address_set(&mut self, table: &str, name: &str, v6: bool, verdict_map: bool) -> &mut Self {
         let (key_type, key_len) = if v6 { (TYPE_IPV6_ADDR, 16) } else { (TYPE_IPV4_ADDR, 4) };
-        let attrs = vec![
+        self.set_ids += 1;
+        let mut attrs = vec![
             SetAttribute::Table(table.into()),
-            SetAttribute::Name(map.into()),
-            SetAttribute::Flags(SetFlags::Map),
+            SetAttribute::Name(name.into()),
+            SetAttribute::Flags(if verdict_map { SetFlags::Map } else { SetFlags::empty() }),
             SetAttribute::KeyType(key_type),
             SetAttribute::KeyLen(key_len),
-            SetAttribute::DataType(TYPE_VERDICT),
-            SetAttribute::DataLen(0),
-            // The kernel requires an ID for a set created in a batch.
-            SetAttribute::Id(if v6 { 2 } else { 1 }),
+            SetAttribute::Id(self.set_ids),
         ];
+        if verdict_map {
+            attrs.extend([SetAttribute::DataType(TYPE_VERDICT), SetAttribute::DataLen(0)]);
+        }
         self.push(NfTablesMessage::NewSet(SetMessage { attributes: attrs }), NLM_F_CREATE)
     }
 
@@ -284,24 +368,25 @@ impl Batch {
         }
     }
 
-    pub fn add_vmap_elements(&mut self, table: &str, map: &str, elems: &[VmapElement]) -> &mut Self {
+    /// Add elements to a set (without `jump`) or a verdict map (with).
+    pub fn add_elements(&mut self, table: &str, set: &str, elems: &[Element]) -> &mut Self {
         let list = elems
             .iter()
             .map(|e| {
-                let mut attrs = vec![
-                    SetElementAttribute::Key(DataAttribute::Value(addr_bytes(e.key))),
-                    SetElementAttribute::Data(DataAttribute::Verdict(vec![
+                let mut attrs = vec![SetElementAttribute::Key(DataAttribute::Value(addr_bytes(e.key)))];
+                if let Some(chain) = &e.jump {
+                    attrs.push(SetElementAttribute::Data(DataAttribute::Verdict(vec![
                         VerdictAttribute::Code(Verdict::Jump),
-                        VerdictAttribute::Chain(e.jump.clone()),
-                    ])),
-                ];
+                        VerdictAttribute::Chain(chain.clone()),
+                    ])));
+                }
                 if let Some(c) = &e.comment {
                     attrs.push(SetElementAttribute::UserData(comment(c)));
                 }
                 ListAttribute::Element(attrs)
             })
             .collect();
-        self.push(NfTablesMessage::NewSetElement(Batch::elements(table, map, list)), NLM_F_CREATE)
+        self.push(NfTablesMessage::NewSetElement(Batch::elements(table, set, list)), NLM_F_CREATE)
     }
 
     pub fn delete_elements(&mut self, table: &str, map: &str, keys: &[IpAddr]) -> &mut Self {
@@ -498,9 +583,29 @@ impl Nft {
             .collect())
     }
 
-    /// The elements of an address → verdict map.
-    pub fn vmap_elements(&mut self, table: &str, map: &str) -> Result<Vec<VmapElement>> {
-        let req = NfTablesMessage::GetSetElement(Batch::elements(table, map, vec![]));
+    /// Names of the sets and maps in `table`.
+    pub fn sets(&mut self, table: &str) -> Result<Vec<String>> {
+        let attrs = vec![SetAttribute::Table(table.into())];
+        let sets = self.dump(NfTablesMessage::GetSet(SetMessage { attributes: attrs }))?;
+        Ok(sets
+            .into_iter()
+            .filter_map(|m| match m {
+                NfTablesMessage::NewSet(s) => {
+                    let in_table = s.attributes.iter().any(|a| matches!(a, SetAttribute::Table(t) if t == table));
+                    let name = s.attributes.into_iter().find_map(|a| match a {
+                        SetAttribute::Name(n) => Some(n),
+                        _ => None,
+                    });
+                    name.filter(|_| in_table)
+                }
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// The elements of an address set or address → verdict map.
+    pub fn elements(&mut self, table: &str, set: &str) -> Result<Vec<Element>> {
+        let req = NfTablesMessage::GetSetElement(Batch::elements(table, set, vec![]));
         let mut out = Vec::new();
         for m in self.dump(req)? {
             let NfTablesMessage::NewSetElement(msg) = m else { continue };
@@ -508,7 +613,7 @@ impl Nft {
                 let SetElementList::Elements(elems) = list else { continue };
                 for elem in elems {
                     let ListAttribute::Element(attrs) = elem else { continue };
-                    if let Some(e) = vmap_element(attrs) {
+                    if let Some(e) = element(attrs) {
                         out.push(e);
                     }
                 }
@@ -518,7 +623,7 @@ impl Nft {
     }
 }
 
-fn vmap_element(attrs: Vec<SetElementAttribute>) -> Option<VmapElement> {
+fn element(attrs: Vec<SetElementAttribute>) -> Option<Element> {
     let (mut key, mut jump, mut comment) = (None, None, None);
     for a in attrs {
         match a {
@@ -539,7 +644,7 @@ fn vmap_element(attrs: Vec<SetElementAttribute>) -> Option<VmapElement> {
             _ => {}
         }
     }
-    Some(VmapElement { key: key?, jump: jump.unwrap_or_default(), comment })
+    Some(Element { key: key?, jump, comment })
 }
 
 fn describe(m: &NfTablesMessage) -> &'static str {
@@ -550,10 +655,10 @@ fn describe(m: &NfTablesMessage) -> &'static str {
         NfTablesMessage::DeleteChain(_) => "deleting a chain",
         NfTablesMessage::NewRule(_) => "adding a rule",
         NfTablesMessage::DeleteRule(_) => "flushing a chain",
-        NfTablesMessage::NewSet(_) => "creating a map",
-        NfTablesMessage::DeleteSet(_) => "deleting a map",
-        NfTablesMessage::NewSetElement(_) => "adding map elements",
-        NfTablesMessage::DeleteSetElement(_) => "deleting map elements",
+        NfTablesMessage::NewSet(_) => "creating a set",
+        NfTablesMessage::DeleteSet(_) => "deleting a set",
+        NfTablesMessage::NewSetElement(_) => "adding set elements",
+        NfTablesMessage::DeleteSetElement(_) => "deleting set elements",
         _ => "a change",
     }
 }

@@ -274,6 +274,22 @@ pub fn check(
                     return fail(format!("host interface {host_name} is in group {}, config says {g}", host.group));
                 }
             }
+            let host_addrs = netlink::addresses(node, host.index).await?;
+            let mut node_routes = netlink::routes(node, false).await?;
+            node_routes.extend(netlink::routes(node, true).await?);
+            for ip in &ips {
+                let gw = gateway_of(ip)?;
+                if !host_addrs.iter().any(|a| a.ip() == gw && a.prefix() == host_prefix(gw)) {
+                    return fail(format!("host interface {host_name} lacks gateway address {gw}"));
+                }
+                let pod_ip = ip.address.ip();
+                if !node_routes
+                    .iter()
+                    .any(|r| r.dst.ip() == pod_ip && r.dst.prefix() == host_prefix(pod_ip) && r.oif == Some(host.index))
+                {
+                    return fail(format!("the node has no route to {pod_ip} through {host_name}"));
+                }
+            }
         }
         Ok(())
     })
