@@ -2,7 +2,7 @@
 
 CNI_BIN_DIR ?= /opt/cni/bin
 DESTDIR ?=
-PLUGINS := ptp host-local linkgroup masquerade
+PLUGINS := ptp host-local linkgroup masquerade egress-v4
 # Kernel tests make namespaces and processes: keep parallelism modest on small machines.
 TEST_THREADS ?= 4
 APT_PACKAGES := containernetworking-plugins iproute2 iputils-ping nftables iptables python3

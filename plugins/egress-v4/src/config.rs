@@ -1,0 +1,149 @@
+//! egress-v4's configuration, compatible with the AWS VPC CNI's `egress-cni` (v4 mode) configs.
+
+use common::invocation::validate_ifname;
+use common::nft::PortSelection;
+use common::types::number_or_string;
+use common::{CniError, Result};
+use serde::{Deserialize, Deserializer};
+use std::net::{IpAddr, Ipv4Addr};
+
+#[derive(Debug, Deserialize)]
+pub struct EgressConf {
+    #[serde(default, deserialize_with = "bool_or_string")]
+    enabled: Option<bool>,
+    #[serde(rename = "nodeIP", default)]
+    node_ip: Option<String>,
+    #[serde(default, deserialize_with = "number_or_string")]
+    mtu: Option<u32>,
+    #[serde(rename = "randomizeSNAT", default)]
+    randomize_snat: Option<String>,
+    #[serde(rename = "ifName", default)]
+    if_name: Option<String>,
+    #[serde(rename = "vethPrefix", default)]
+    veth_prefix: Option<String>,
+}
+
+/// AWS templates write `"enabled": "true"`; JSON booleans are accepted too.
+fn bool_or_string<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Option<bool>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum BoolOrStr {
+        Bool(bool),
+        Str(String),
+    }
+    match Option::<BoolOrStr>::deserialize(d)? {
+        None => Ok(None),
+        Some(BoolOrStr::Bool(b)) => Ok(Some(b)),
+        Some(BoolOrStr::Str(s)) => match s.trim().to_ascii_lowercase().as_str() {
+            "" => Ok(None),
+            "true" => Ok(Some(true)),
+            "false" => Ok(Some(false)),
+            _ => Err(serde::de::Error::custom(format!("enabled {s:?} is neither true nor false"))),
+        },
+    }
+}
+
+pub const DEFAULT_IFNAME: &str = "v4if0";
+pub const DEFAULT_VETH_PREFIX: &str = "egress";
+
+#[derive(Debug)]
+pub struct Settings {
+    pub enabled: bool,
+    /// None: the preferred source of the node's IPv4 default route, looked up when needed.
+    pub node_ip: Option<Ipv4Addr>,
+    pub mtu: Option<u32>,
+    pub ports: PortSelection,
+    pub if_name: String,
+    pub veth_prefix: String,
+}
+
+impl EgressConf {
+    pub fn settings(self) -> Result<Settings> {
+        let ports = match self.randomize_snat.as_deref().unwrap_or("") {
+            "" | "prng" => PortSelection::FullyRandom,
+            "hashrandom" => PortSelection::HashRandom,
+            "none" => PortSelection::Keep,
+            other => {
+                return Err(CniError::InvalidConfig(format!(
+                    "randomizeSNAT {other:?}: use \"prng\", \"hashrandom\" or \"none\""
+                )))
+            }
+        };
+        let node_ip = match self.node_ip.as_deref().map(str::trim).unwrap_or("") {
+            "" => None,
+            text => match text.parse::<IpAddr>() {
+                Ok(IpAddr::V4(ip)) if !ip.is_unspecified() && !ip.is_multicast() && !ip.is_broadcast() => Some(ip),
+                _ => return Err(CniError::InvalidConfig(format!("nodeIP {text:?} is not a unicast IPv4 address"))),
+            },
+        };
+        if let Some(mtu) = self.mtu {
+            if !(68..=65535).contains(&mtu) {
+                return Err(CniError::InvalidConfig(format!("mtu {mtu} is outside 68..65535")));
+            }
+        }
+        let if_name = self.if_name.filter(|n| !n.is_empty()).unwrap_or_else(|| DEFAULT_IFNAME.into());
+        validate_ifname(&if_name).map_err(|_| CniError::InvalidConfig(format!("ifName {if_name:?} is not usable")))?;
+        Ok(Settings {
+            enabled: self.enabled.unwrap_or(true),
+            node_ip,
+            mtu: self.mtu,
+            ports,
+            if_name,
+            veth_prefix: self.veth_prefix.filter(|p| !p.is_empty()).unwrap_or_else(|| DEFAULT_VETH_PREFIX.into()),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(json: &str) -> Result<Settings> {
+        serde_json::from_str::<EgressConf>(json).map_err(|e| CniError::Decode(e.to_string()))?.settings()
+    }
+
+    #[test]
+    fn aws_egress_cni_config_is_accepted() {
+        let s = parse(
+            r#"{"name":"egress-cni","type":"egress-cni","mtu":"9001","enabled":"true","randomizeSNAT":"prng",
+            "nodeIP":"192.168.1.123","ipam":{"type":"host-local","ranges":[[{"subnet":"169.254.172.0/22"}]],
+            "routes":[{"dst":"0.0.0.0/0"}],"dataDir":"/run/cni/v4pd/egress-v4-ipam"},
+            "pluginLogFile":"/var/log/aws-routed-eni/egress-v4-plugin.log","pluginLogLevel":"DEBUG"}"#,
+        )
+        .unwrap();
+        assert!(s.enabled);
+        assert_eq!(s.mtu, Some(9001));
+        assert_eq!(s.node_ip, Some(Ipv4Addr::new(192, 168, 1, 123)));
+        assert_eq!(s.ports, PortSelection::FullyRandom);
+        assert_eq!(s.if_name, "v4if0");
+        assert_eq!(s.veth_prefix, "egress");
+    }
+
+    #[test]
+    fn defaults_and_spellings() {
+        let s = parse("{}").unwrap();
+        assert!(s.enabled);
+        assert_eq!(s.node_ip, None);
+        assert_eq!(s.ports, PortSelection::FullyRandom);
+        assert!(!parse(r#"{"enabled": false}"#).unwrap().enabled);
+        assert!(!parse(r#"{"enabled": "False"}"#).unwrap().enabled);
+        assert!(parse(r#"{"enabled": "", "nodeIP": ""}"#).unwrap().enabled);
+        assert_eq!(parse(r#"{"randomizeSNAT": "hashrandom"}"#).unwrap().ports, PortSelection::HashRandom);
+        assert_eq!(parse(r#"{"randomizeSNAT": "none"}"#).unwrap().ports, PortSelection::Keep);
+        assert_eq!(parse(r#"{"ifName": "egress0"}"#).unwrap().if_name, "egress0");
+    }
+
+    #[test]
+    fn bad_values_are_errors_with_codes() {
+        assert_eq!(parse(r#"{"randomizeSNAT": "random"}"#).unwrap_err().code(), 7);
+        assert_eq!(parse(r#"{"nodeIP": "fd00::1"}"#).unwrap_err().code(), 7);
+        assert_eq!(parse(r#"{"nodeIP": "10.0.0.0/8"}"#).unwrap_err().code(), 7);
+        assert_eq!(parse(r#"{"nodeIP": "224.0.0.1"}"#).unwrap_err().code(), 7);
+        assert_eq!(parse(r#"{"mtu": 20}"#).unwrap_err().code(), 7);
+        assert_eq!(parse(r#"{"ifName": "a/b"}"#).unwrap_err().code(), 7);
+        assert_eq!(parse(r#"{"ifName": "sixteen-chars-xx"}"#).unwrap_err().code(), 7);
+        assert_eq!(parse(r#"{"enabled": "yes"}"#).unwrap_err().code(), 6);
+        assert_eq!(parse(r#"{"enabled": 1}"#).unwrap_err().code(), 6);
+        assert_eq!(parse(r#"{"mtu": "big"}"#).unwrap_err().code(), 6);
+    }
+}

@@ -1,0 +1,156 @@
+//! The egress SNAT in our nftables table: per node address, a set of pod addresses (each element tagged
+//! with its attachment) and one base chain whose single rule SNATs the set to that node address.
+//! The rules never change with pods; pods only add and remove set elements.
+
+use common::masq::{delete_table_if_empty, multicast};
+use common::nft::{Batch, Element, Nft, PortSelection, Rule, MAX_COMMENT};
+use common::{CniError, Result};
+use std::net::{IpAddr, Ipv4Addr};
+
+/// Sets and chains of this plugin start with this; chains and sets have separate namespaces in nftables.
+const PREFIX: &str = "egress_v4_";
+
+/// Where SNAT to one node address lives.
+#[derive(Debug, Clone)]
+pub struct Snat<'a> {
+    pub table: &'a str,
+    pub node_ip: Ipv4Addr,
+    pub ports: PortSelection,
+}
+
+impl Snat<'_> {
+    /// Set and chain name, e.g. `egress_v4_192_0_2_1`.
+    fn name(&self) -> String {
+        format!("{PREFIX}{}", self.node_ip.to_string().replace('.', "_"))
+    }
+
+    /// The rule's comment says what it does, so a changed `randomizeSNAT` is seen.
+    fn rule_tag(&self) -> String {
+        format!(
+            "cni-chain: egress-v4 ip saddr @{} ip daddr != 224.0.0.0/4 snat to {}{}",
+            self.name(),
+            self.node_ip,
+            self.ports.nft_words()
+        )
+    }
+
+    fn rule(&self) -> Rule {
+        Rule::new()
+            .saddr_in(false, &self.name())
+            .daddr_not_in(multicast(false))
+            .snat(IpAddr::V4(self.node_ip), self.ports)
+    }
+
+    /// SNAT `pod_ip` of attachment `tag`. One batch: the structure (created if missing, rule rewritten so
+    /// concurrent ADDs converge), any stale element for the same address, and the new element.
+    pub fn add(&self, nft: &mut Nft, tag: &str, pod_ip: Ipv4Addr) -> Result<()> {
+        if tag.len() > MAX_COMMENT {
+            return Err(CniError::InvalidConfig(format!(
+                "network name and container ID are too long ({} bytes) to tag nftables elements",
+                tag.len()
+            )));
+        }
+        let name = self.name();
+        let key = IpAddr::V4(pod_ip);
+        let mut b = Batch::new();
+        b.add_table(self.table)
+            .add_set(self.table, &name, false)
+            .add_nat_postrouting_chain(self.table, &name)
+            .flush_chain(self.table, &name)
+            .add_rule(self.table, &name, self.rule(), &self.rule_tag());
+        // The address may still be held by an attachment that leaked (crash) or under an older node address.
+        for (set, elements) in egress_sets(nft, self.table)? {
+            if elements.iter().any(|e| e.key == key && (set != name || e.comment.as_deref() != Some(tag))) {
+                b.delete_elements(self.table, &set, &[key]);
+            }
+        }
+        b.add_elements(self.table, &name, &[Element { key, jump: None, comment: Some(tag.into()) }]);
+        nft.apply(&b, "adding the pod's egress SNAT")
+    }
+
+    pub fn check(&self, nft: &mut Nft, tag: &str, pod_ip: Ipv4Addr) -> Result<()> {
+        let name = self.name();
+        let rules = nft.rules(self.table, &name)?;
+        if rules.len() != 1 || rules[0].comment.as_deref() != Some(self.rule_tag().as_str()) {
+            return Err(CniError::CheckFailed(format!(
+                "chain {name} of table inet {} does not hold exactly the rule \"{}\"",
+                self.table,
+                self.rule_tag()
+            )));
+        }
+        let elements = nft.elements(self.table, &name)?;
+        if !elements.iter().any(|e| e.key == IpAddr::V4(pod_ip) && e.comment.as_deref() == Some(tag)) {
+            return Err(CniError::CheckFailed(format!("{pod_ip} is not in set {name} of table inet {}", self.table)));
+        }
+        Ok(())
+    }
+}
+
+/// Our sets in `table` with their elements.
+fn egress_sets(nft: &mut Nft, table: &str) -> Result<Vec<(String, Vec<Element>)>> {
+    let mut out = Vec::new();
+    for set in nft.sets(table)?.into_iter().filter(|s| s.starts_with(PREFIX)) {
+        let elements = nft.elements(table, &set)?;
+        out.push((set, elements));
+    }
+    Ok(out)
+}
+
+/// DEL: the attachment's element goes, in whichever node address's set it is.
+pub fn del(nft: &mut Nft, table: &str, tag: &str) -> Result<()> {
+    remove_where(nft, table, |c| c == tag).map(|_| ())
+}
+
+/// GC: elements with our `prefix` whose attachment `is_valid` does not accept go.
+pub fn gc(nft: &mut Nft, table: &str, prefix: &str, is_valid: impl Fn(&str) -> bool) -> Result<usize> {
+    remove_where(nft, table, |c| c.starts_with(prefix) && !is_valid(c))
+}
+
+fn remove_where(nft: &mut Nft, table: &str, drop: impl Fn(&str) -> bool) -> Result<usize> {
+    if !nft.table_exists(table)? {
+        return Ok(0);
+    }
+    let mut removed = 0;
+    for (set, elements) in egress_sets(nft, table)? {
+        let gone: Vec<IpAddr> =
+            elements.iter().filter(|e| e.comment.as_deref().is_some_and(&drop)).map(|e| e.key).collect();
+        if !gone.is_empty() {
+            let mut b = Batch::new();
+            b.delete_elements(table, &set, &gone);
+            nft.apply(&b, "removing the pod's egress SNAT")?;
+            removed += gone.len();
+        }
+        if gone.len() == elements.len() {
+            prune(nft, table, &set);
+        }
+    }
+    delete_table_if_empty(nft, table);
+    Ok(removed)
+}
+
+/// Best effort: remove a node address's chain and set once empty. The kernel refuses to delete a set
+/// that a concurrent ADD just put an element in, and then the whole batch is void.
+fn prune(nft: &mut Nft, table: &str, name: &str) {
+    let mut b = Batch::new();
+    b.flush_chain(table, name).delete_chain(table, name).delete_empty_set(table, name);
+    if let Err(e) = nft.apply(&b, "removing an unused egress SNAT chain") {
+        log::debug!("{e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_rule_comment() {
+        let s = Snat { table: "t", node_ip: Ipv4Addr::new(192, 0, 2, 1), ports: PortSelection::FullyRandom };
+        assert_eq!(s.name(), "egress_v4_192_0_2_1");
+        assert_eq!(
+            s.rule_tag(),
+            "cni-chain: egress-v4 ip saddr @egress_v4_192_0_2_1 ip daddr != 224.0.0.0/4 snat to 192.0.2.1 fully-random"
+        );
+        let keep = Snat { ports: PortSelection::Keep, ..s.clone() };
+        assert!(keep.rule_tag().ends_with("snat to 192.0.2.1"));
+    }
+}
