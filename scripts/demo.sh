@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # The main job, end to end in throwaway namespaces: a "node" netns running the chain
-# ptp -> linkgroup -> masquerade for two pods, with addresses from our host-local, and an "outside" host
-# behind the node's uplink. Shows the kernel state, pod-to-pod traffic, masqueraded egress as the outside
-# host sees it, then removes everything (also on failure). The machine's own network is not touched.
+# ptp -> linkgroup -> masquerade for two dual-stack pods, and ptp -> egress-v4 for an IPv6-only pod, with
+# addresses from our host-local, and an "outside" host behind the node's uplink. Shows the kernel state,
+# pod-to-pod traffic, masqueraded egress and the IPv6 pod's IPv4 egress as the outside host sees them, then
+# removes everything (also on failure). The machine's own network is not touched.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 tag="demo$$"
-node="$tag-node"; outside="$tag-out"; pods=("$tag-pod1" "$tag-pod2")
+node="$tag-node"; outside="$tag-out"; pods=("$tag-pod1" "$tag-pod2" "$tag-pod3")
 data=$(mktemp -d)
 bin="$PWD/target/release"
 
@@ -17,16 +18,29 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# The conflist, one plugin config per entry; the runtime adds cniVersion, name and prevResult.
-types=(ptp linkgroup masquerade)
-plugins=(
+# Two conflists, one plugin config per entry; the runtime adds cniVersion, name and prevResult.
+demo_types=(ptp linkgroup masquerade)
+demo_plugins=(
   '"type":"ptp","mtu":1400,"ipam":{"type":"host-local","dataDir":"'"$data"'",
      "ranges":[[{"subnet":"10.88.0.0/24"}],[{"subnet":"fd88::/64"}]],"routes":[{"dst":"0.0.0.0/0"},{"dst":"::/0"}]}'
   '"type":"linkgroup","group":8'
   '"type":"masquerade","mode":"group","podGroup":8,"excludeGroups":[9]'
 )
+# IPv6-only pods; egress-v4's link-local addresses live in a store of their own (another dataDir).
+demo6_types=(ptp egress-v4)
+demo6_plugins=(
+  '"type":"ptp","mtu":1400,"ipam":{"type":"host-local","dataDir":"'"$data"'",
+     "ranges":[[{"subnet":"fd90::/64"}]],"routes":[{"dst":"::/0"}]}'
+  '"type":"egress-v4","mtu":1400,"ipam":{"type":"host-local","dataDir":"'"$data"'/egress",
+     "ranges":[[{"subnet":"169.254.172.0/22"}]],"routes":[{"dst":"0.0.0.0/0"}]}'
+)
+use_chain() { # demo|demo6
+    local t="$1_types[@]" p="$1_plugins[@]"
+    net=$1; types=("${!t}"); plugins=("${!p}")
+}
+use_chain demo
 config() { # plugin-index [prevResult]
-    echo "{\"cniVersion\":\"1.1.0\",\"name\":\"demo\",${plugins[$1]}${2:+,\"prevResult\":$2}}"
+    echo "{\"cniVersion\":\"1.1.0\",\"name\":\"$net\",${plugins[$1]}${2:+,\"prevResult\":$2}}"
 }
 
 # Run one plugin per the protocol inside the node netns: env + config on stdin.
@@ -51,8 +65,23 @@ ip netns add "$node"; ip netns add "$outside"
 for p in "${pods[@]}"; do ip netns add "$p"; done
 # The node's uplink to the outside host, which has no route to the pods.
 ip -n "$node" link add uplink type veth peer name eth0 netns "$outside"
-ip -n "$node" addr add 192.0.2.1/24 dev uplink; ip -n "$node" link set uplink up
-ip -n "$outside" addr add 192.0.2.2/24 dev eth0; ip -n "$outside" link set eth0 up
+ip -n "$node" addr add 192.0.2.1/24 dev uplink; ip -n "$node" addr add 2001:db8::1/64 dev uplink nodad
+ip -n "$outside" addr add 192.0.2.2/24 dev eth0; ip -n "$outside" addr add 2001:db8::2/64 dev eth0 nodad
+ip -n "$node" link set uplink up; ip -n "$outside" link set eth0 up
+# The node's IPv4 default route (egress-v4 takes nodeIP from it); the IPv6 pods are routed back.
+ip -n "$node" route add default via 192.0.2.2
+ip -n "$outside" -6 route add fd90::/64 via 2001:db8::1
+
+# Listen on the outside host's port 8080 for one connection and say where it came from.
+listen_outside() {
+    ip netns exec "$outside" python3 -c '
+import socket
+s = socket.socket(socket.AF_INET6); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("::", 8080)); s.listen(); s.settimeout(10)
+c, peer = s.accept(); print("outside host: connection from", peer[0].removeprefix("::ffff:"))' &
+    listener=$!
+    sleep 0.3
+}
 
 step "ADD: ptp -> linkgroup -> masquerade for two pods (CNI 1.1.0)"
 results=()
@@ -79,14 +108,36 @@ ip netns exec "${pods[0]}" ping -c 2 -W 2 "$pod2_v4"
 ip netns exec "${pods[0]}" ping -c 2 -W 2 "$pod2_v6"
 
 step "egress: pod1 connects to the outside host 192.0.2.2:8080, which sees the node's address"
-ip netns exec "$outside" python3 -c '
-import socket
-s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(("0.0.0.0", 8080)); s.listen()
-s.settimeout(10); c, peer = s.accept(); print("outside host: connection from", peer[0])' &
-listener=$!
-sleep 0.3
+listen_outside
 ip netns exec "${pods[0]}" bash -c 'exec 3<>/dev/tcp/192.0.2.2/8080' && echo "pod1: connected"
 wait "$listener"
+
+use_chain demo6
+step "ADD: ptp (IPv6 only) -> egress-v4 for pod3: the result's ips stay IPv6, the new interfaces are appended"
+results[2]=$(chain_add c3 "${pods[2]}")
+echo "pod3 result: ${results[2]}"
+
+step "pod3: eth0 (IPv6) and v4if0 (link-local IPv4, routed point to point through the node)"
+ip -n "${pods[2]}" addr show | grep -E '^[0-9]+:|inet'
+ip -n "${pods[2]}" route
+
+step "node: nftables (egress-v4): pod3's address in the set for the node's address, one SNAT rule"
+ip netns exec "$node" nft list table inet cni_chain | sed -n '/egress_v4/,$p'
+
+step "egress: IPv6-only pod3 reaches the IPv4 host 192.0.2.2, which sees the node's address"
+listen_outside
+ip netns exec "${pods[2]}" bash -c 'exec 3<>/dev/tcp/192.0.2.2/8080' && echo "pod3: connected over IPv4"
+wait "$listener"
+step "... and its IPv6 traffic keeps the pod's own address"
+listen_outside
+ip netns exec "${pods[2]}" bash -c 'exec 3<>/dev/tcp/2001:db8::2/8080' && echo "pod3: connected over IPv6"
+wait "$listener"
+
+step "DEL pod3; egress-v4 removes its veth, set element and link-local address"
+chain_del c3 "${pods[2]}" "${results[2]}"
+echo "egress veths left: $(ip -n "$node" -o link show type veth | grep -c egress || true)"
+echo "link-local addresses still reserved: $(find "$data/egress" -name '169.*' | wc -l)"
+use_chain demo
 
 step "host-local's store (the reference's format): one file per address, holding containerID and ifname"
 for f in "$data"/demo/*; do printf '%-22s %s\n' "$(basename "$f")" "$(tr -s '\r\n' ' ' <"$f")"; done
@@ -101,10 +152,13 @@ done
 echo "veths left in the node: $(ip -n "$node" -o link show group 8 | wc -l)"
 echo "addresses still reserved: $(find "$data" -name '10.*' -o -name 'fd88*' | wc -l)"
 
-step "GC with no pods left: our nftables table goes"
-for i in "${!types[@]}"; do
-    config "$i" | sed 's/}$/,"cni.dev\/valid-attachments":[]}/' | ip netns exec "$node" env CNI_COMMAND=GC \
-        CNI_PATH="$bin:/usr/lib/cni" "$bin/${types[$i]}"
+step "GC of both networks with no pods left: our nftables table goes"
+for chain in demo demo6; do
+    use_chain "$chain"
+    for i in "${!types[@]}"; do
+        config "$i" | sed 's/}$/,"cni.dev\/valid-attachments":[]}/' | ip netns exec "$node" env CNI_COMMAND=GC \
+            CNI_PATH="$bin:/usr/lib/cni" "$bin/${types[$i]}"
+    done
 done
 echo "nftables tables in the node: $(ip netns exec "$node" nft list tables | wc -l)"
 
