@@ -242,7 +242,16 @@ fn del_after_the_pod_netns_is_gone_and_gc_leave_nothing() {
     let chain = s.chain("1.1.0");
     let (gone, kept, stale) = (Netns::new(), Netns::new(), Netns::new());
     let gone_path = gone.path().to_string();
+    // An element leaked by a crashed attachment holds the address IPAM hands out first: ADD takes it over.
+    s.node.nft(&["add", "table", "inet", "cni_chain"]);
+    s.node.nft(&["add", "set", "inet", "cni_chain", "egress_v4_192_0_2_1", "{ type ipv4_addr; }"]);
+    let ghost = r#"{ 169.254.172.2 comment "cni-chain:egress-v4:cni-chain-v6:ghost/eth0" }"#;
+    s.node.nft(&["add", "element", "inet", "cni_chain", "egress_v4_192_0_2_1", ghost]);
     chain.add(&s.node, "gone", &gone_path);
+    assert_eq!(
+        set_elements(&s.node, "egress_v4_192_0_2_1"),
+        [("169.254.172.2".to_string(), "cni-chain:egress-v4:cni-chain-v6:gone/eth0".to_string())]
+    );
     let r_kept = chain.add(&s.node, "kept", kept.path());
     chain.add(&s.node, "stale", stale.path());
     drop(gone);
@@ -337,4 +346,22 @@ fn refusals_change_nothing() {
     let mut gc = conf.clone();
     gc["cniVersion"] = json!("1.1.0");
     Call::new("egress-v4", "GC", "", "").run(&s.node, &with_valid_attachments(&gc, &[])).ok();
+}
+
+#[test]
+fn after_the_reference_ptp() {
+    let s = site();
+    let mut chain = s.chain("1.0.0");
+    chain.list["plugins"][0]["type"] = json!(format!("{}/ptp", integration::REFERENCE_DIR));
+    let pod = Netns::new();
+    let r = chain.add(&s.node, "p1", pod.path());
+    assert_eq!(r["interfaces"][3]["name"], "v4if0", "{r}");
+    assert_eq!(s.outside.peer_of(&pod, "192.0.2.2"), Some(ip("192.0.2.1")));
+    for reply in chain.check(&s.node, "p1", pod.path(), &r) {
+        reply.ok();
+    }
+    chain.del(&s.node, "p1", pod.path(), Some(&r));
+    assert_eq!(s.veths("egress"), Vec::<String>::new());
+    assert!(!s.node.nft(&["list", "tables"]).contains("cni_chain"));
+    assert_eq!(s.reservations(), Vec::<String>::new());
 }
