@@ -220,8 +220,7 @@ impl PodMasq<'_> {
             return Ok(0);
         }
         let elements = self.elements(nft)?;
-        let (gone, kept): (Vec<&Element>, Vec<&Element>) =
-            elements.iter().partition(|e| e.comment.as_deref().is_some_and(&drop));
+        let gone: Vec<&Element> = elements.iter().filter(|e| e.comment.as_deref().is_some_and(&drop)).collect();
         let mut b = Batch::new();
         for map in [POD_MAP_V4, POD_MAP_V6] {
             let keys: Vec<IpAddr> = gone.iter().filter(|e| map_for(e.key) == map).map(|e| e.key).collect();
@@ -230,13 +229,15 @@ impl PodMasq<'_> {
             }
         }
         nft.apply(&b, "removing the pod's masquerade")?;
+        // Read again: concurrent DELs each saw the others' elements, and the last one must see none.
+        let kept = self.elements(nft)?;
         self.prune(nft, &kept);
         Ok(gone.len())
     }
 
     /// Best effort: exclusion chains nothing jumps to, then the per-pod structure and the table once
     /// empty. The kernel refuses to delete what a concurrent ADD just started to use.
-    fn prune(&self, nft: &mut Nft, kept: &[&Element]) {
+    fn prune(&self, nft: &mut Nft, kept: &[Element]) {
         let chains = nft.chains(self.table).unwrap_or_default();
         for chain in chains.iter().filter(|c| {
             c.starts_with(EXCLUSION_CHAIN_PREFIX) && !kept.iter().any(|e| e.jump.as_deref() == Some(c.as_str()))

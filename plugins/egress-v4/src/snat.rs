@@ -120,9 +120,9 @@ fn remove_where(nft: &mut Nft, table: &str, drop: impl Fn(&str) -> bool) -> Resu
             nft.apply(&b, "removing the pod's egress SNAT")?;
             removed += gone.len();
         }
-        if gone.len() == elements.len() {
-            prune(nft, table, &set);
-        }
+        // Tried whenever the set may be empty now, not just when our dump said so: concurrent DELs each see
+        // the others' elements, and the kernel's "only if empty" check is the one that is never stale.
+        prune(nft, table, &set);
     }
     delete_table_if_empty(nft, table);
     Ok(removed)
