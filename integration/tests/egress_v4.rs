@@ -182,6 +182,8 @@ fn every_version_explicit_node_ip_and_port_randomization() {
         chain.overrides.push((1, "nodeIP".into(), json!("192.0.2.10")));
         chain.overrides.push((1, "randomizeSNAT".into(), json!(mode)));
         chain.overrides.push((1, "mtu".into(), json!("1400")));
+        chain.overrides.push((1, "pluginLogFile".into(), json!(format!("{}/egress.log", s.data.str()))));
+        chain.overrides.push((1, "pluginLogLevel".into(), json!("DEBUG")));
         let pod = Netns::new();
         let r = chain.add(&s.node, "p1", pod.path());
         assert_eq!(r["cniVersion"], version);
@@ -197,6 +199,11 @@ fn every_version_explicit_node_ip_and_port_randomization() {
         }
         chain.del(&s.node, "p1", pod.path(), Some(&r));
         s.assert_clean();
+    }
+    // The AWS names of the log settings work: DEBUG lines of every verb went to the file.
+    let log = std::fs::read_to_string(s.data.path().join("egress.log")).unwrap();
+    for verb in ["ADD", "CHECK", "DEL"] {
+        assert!(log.contains(&format!("egress-v4 {verb} container=p1")), "{log}");
     }
 }
 
