@@ -339,23 +339,31 @@ fn status_says_when_nftables_is_not_usable() {
 }
 
 #[test]
-fn reference_portmap_after_our_chain_still_works() {
+fn shipped_chain_with_the_reference_portmap_and_bandwidth() {
     let (s, data) = (site(), TempDir::new("masq"));
-    let mut list = Chain::shipped("20-cni-chain-masquerade.conflist").list;
-    list["plugins"].as_array_mut().unwrap().push(json!({"type": "portmap", "capabilities": {"portMappings": true}}));
-    let mut chain = Chain::new(list);
+    let mut chain = Chain::shipped("40-cni-chain-portmap-bandwidth.conflist");
     chain.overrides.push((0, "ipam.dataDir".into(), json!(data.str())));
     let mappings = json!({"portMappings": [{"hostPort": 8090, "containerPort": 80, "protocol": "tcp"}]});
     chain.overrides.push((3, "runtimeConfig".into(), mappings));
+    let rates = json!({"bandwidth": {"ingressRate": 8_000_000, "ingressBurst": 80_000,
+        "egressRate": 8_000_000, "egressBurst": 80_000}});
+    chain.overrides.push((4, "runtimeConfig".into(), rates));
     let pod = Netns::new();
     let r = chain.add(&s.node, "pm", pod.path());
     assert_eq!(pod.peer_via(&s.outside, "192.0.2.1", 80, Some(8090)), Some(ip("192.0.2.2")), "port mapping");
     assert_eq!(s.outside.peer_of(&pod, "192.0.2.2"), Some(ip("192.0.2.1")), "egress still masqueraded");
-    // Our three pass CHECK; Debian's portmap 1.1.1 fails its own CHECK of a dual-stack pod's IPv6 rules.
-    for reply in chain.check(&s.node, "pm", pod.path(), &r).into_iter().take(3) {
+    // bandwidth shaped the host veth (ingress) and an ifb device (egress).
+    let veth = r["interfaces"][0]["name"].as_str().unwrap().to_string();
+    let shaping = s.node.command("tc").args(["qdisc", "show", "dev", &veth]).output().unwrap();
+    assert!(String::from_utf8_lossy(&shaping.stdout).contains("tbf"), "{shaping:?}");
+    assert!(s.node.ip_json(&["link", "show", "type", "ifb"]).as_array().is_some_and(|a| a.len() == 1));
+    // Ours pass CHECK; Debian's portmap 1.1.1 fails its own CHECK of a dual-stack pod's IPv6 rules.
+    let checks = chain.check(&s.node, "pm", pod.path(), &r);
+    for reply in checks.iter().take(3).chain(checks.get(4)) {
         reply.ok();
     }
     chain.del(&s.node, "pm", pod.path(), Some(&r));
     assert!(pod_veths(&s.node).is_empty());
+    assert_eq!(s.node.ip_json(&["link", "show", "type", "ifb"]), json!([]));
     assert_eq!(rules(&s.node, "cni_chain").len(), 1, "our rule is not portmap's to remove");
 }
