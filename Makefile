@@ -7,7 +7,7 @@ PLUGINS := ptp host-local linkgroup masquerade egress-v4
 TEST_THREADS ?= 4
 APT_PACKAGES := containernetworking-plugins iproute2 iputils-ping nftables iptables python3
 
-.PHONY: all build deps test unit lint demo install clean
+.PHONY: all build deps e2e-deps test e2e lint demo install clean
 
 all: build
 
@@ -29,9 +29,18 @@ lint:
 	cargo fmt --check
 	cargo clippy --all-targets --locked -- -D warnings
 
-# Unit tests and the kernel integration tests (as root: they create network namespaces).
-test: deps lint build
+# The real runtimes the end-to-end tests drive (cnitool is built from Debian's source package).
+e2e-deps: deps
+	bash scripts/e2e/cnitool.sh
+
+# Unit tests, the kernel integration tests and the end-to-end tests (as root: they create namespaces).
+test: deps lint build e2e-deps
 	cargo test --workspace --release --locked -- --test-threads $(TEST_THREADS)
+
+# Only the end-to-end tests: real runtimes drive the shipped conflists.
+E2E_TESTS := e2e_cnitool
+e2e: deps build e2e-deps
+	cargo test --release --locked -p integration $(E2E_TESTS:%=--test %) -- --test-threads $(TEST_THREADS)
 
 demo: deps build
 	bash scripts/demo.sh

@@ -1,0 +1,135 @@
+//! cnitool (libcni 1.1.2, built from Debian's source by scripts/e2e/cnitool.sh) drives the shipped conflists
+//! as they are: libcni runs the chain, caches results and passes prevResult. It runs inside the node netns
+//! and a private mount namespace whose /var/lib is the test's directory, so its result cache and host-local's
+//! default store never touch the machine's /var/lib/cni. cnitool 1.1.2 has no GC or STATUS.
+
+use integration::{cni_path, Netns, TempDir};
+use serde_json::{json, Value};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+fn cnitool_bin() -> PathBuf {
+    let bin = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/e2e/bin/cnitool");
+    assert!(bin.is_file(), "cnitool is missing: run `make e2e` (scripts/e2e/cnitool.sh builds it)");
+    bin
+}
+
+/// A node with an uplink to an outside host, and cnitool's view: conflists and a private /var/lib.
+struct Site {
+    node: Netns,
+    outside: Netns,
+    conf_dir: TempDir,
+    var_lib: TempDir,
+}
+
+fn site(conflist: &str) -> Site {
+    let (node, outside) = (Netns::new(), Netns::new());
+    node.link_to(&outside, "uplink", &[("192.0.2.1/24", "192.0.2.2/24"), ("2001:db8::1/64", "2001:db8::2/64")], None);
+    let conf_dir = TempDir::new("cnitool-conf");
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../conflists").join(conflist);
+    std::fs::copy(shipped, conf_dir.path().join(conflist)).unwrap();
+    Site { node, outside, conf_dir, var_lib: TempDir::new("cnitool-varlib") }
+}
+
+impl Site {
+    fn cnitool(&self, verb: &str, net: &str, pod: &Netns, cap_args: Option<&Value>) -> Output {
+        let script = r#"mount --bind "$1" /var/lib && shift && exec "$@""#;
+        let mut cmd = self.node.command("unshare");
+        cmd.args(["--mount", "--propagation", "private", "sh", "-c", script, "sh"])
+            .arg(self.var_lib.path())
+            .arg(cnitool_bin())
+            .args([verb, net, pod.path()])
+            .env("NETCONFPATH", self.conf_dir.path())
+            .env("CNI_PATH", cni_path())
+            .env("CNI_IFNAME", "eth0");
+        if let Some(caps) = cap_args {
+            cmd.env("CAP_ARGS", caps.to_string());
+        }
+        cmd.output().expect("run cnitool")
+    }
+
+    fn ok(&self, verb: &str, net: &str, pod: &Netns, cap_args: Option<&Value>) -> String {
+        let out = self.cnitool(verb, net, pod, cap_args);
+        let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "cnitool {verb}: {stdout}\n{stderr}");
+        stdout.into_owned()
+    }
+
+    /// host-local's reservations in the default store, under our private /var/lib.
+    fn reservations(&self, net: &str) -> Vec<String> {
+        let store = format!("cni/networks/{net}");
+        self.var_lib.files(&store).into_iter().filter(|f| f != "lock" && !f.starts_with("last_reserved")).collect()
+    }
+
+    fn pod_veths(&self) -> Vec<String> {
+        self.node.veths().into_iter().filter(|v| v.starts_with("veth")).collect()
+    }
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+#[test]
+fn cnitool_add_check_del_with_the_masquerade_chain() {
+    let s = site("20-cni-chain-masquerade.conflist");
+    let net = "cni-chain-masq";
+    let pod = Netns::new();
+    let result: Value = serde_json::from_str(&s.ok("add", net, &pod, None)).unwrap();
+    assert_eq!(result["cniVersion"], "1.0.0");
+    assert_eq!(result["ips"].as_array().unwrap().len(), 2, "dual stack: {result}");
+    assert_eq!(s.reservations(net).len(), 2);
+    assert_eq!(s.var_lib.files("cni/results").len(), 1, "libcni cached the result in our private /var/lib");
+    let veth = result["interfaces"][0]["name"].as_str().unwrap();
+    assert_eq!(s.node.link(veth).unwrap()["group"], "8");
+    assert_eq!(s.outside.peer_of(&pod, "192.0.2.2"), Some(ip("192.0.2.1")), "masqueraded egress");
+    assert_eq!(s.outside.peer_of(&pod, "2001:db8::2"), Some(ip("2001:db8::1")));
+
+    s.ok("check", net, &pod, None);
+    s.ok("del", net, &pod, None);
+    assert_eq!(s.pod_veths(), Vec::<String>::new());
+    assert_eq!(s.reservations(net), Vec::<String>::new());
+    assert_eq!(s.var_lib.files("cni/results"), Vec::<String>::new());
+    s.ok("del", net, &pod, None);
+}
+
+#[test]
+fn cnitool_ipv6_pod_with_egress_v4() {
+    let s = site("30-cni-chain-egress-v4.conflist");
+    s.node.ip(&["route", "add", "default", "via", "192.0.2.2"]);
+    s.outside.ip(&["-6", "route", "add", "fd90::/64", "via", "2001:db8::1"]);
+    let net = "cni-chain-v6";
+    let pod = Netns::new();
+    let result: Value = serde_json::from_str(&s.ok("add", net, &pod, None)).unwrap();
+    assert_eq!(result["ips"].as_array().unwrap().len(), 1, "{result}");
+    assert_eq!(result["interfaces"].as_array().unwrap().len(), 4, "{result}");
+    let pod_v6 = result["ips"][0]["address"].as_str().unwrap().split('/').next().unwrap().to_string();
+    assert_eq!(s.outside.peer_of(&pod, "192.0.2.2"), Some(ip("192.0.2.1")), "IPv4 egress as the node");
+    assert_eq!(s.outside.peer_of(&pod, "2001:db8::2"), Some(ip(&pod_v6)), "IPv6 keeps the pod's address");
+    s.ok("check", net, &pod, None);
+    s.ok("del", net, &pod, None);
+    assert!(s.node.veths().iter().all(|v| v == "uplink"), "{:?}", s.node.veths());
+    assert!(!s.node.nft(&["list", "tables"]).contains("cni_chain"));
+    assert_eq!(s.var_lib.files("cni/egress-v4/cni-chain-v6").into_iter().filter(|f| f.starts_with("169.")).count(), 0);
+}
+
+#[test]
+fn cnitool_passes_port_mappings_and_bandwidth_as_capabilities() {
+    let s = site("40-cni-chain-portmap-bandwidth.conflist");
+    let net = "cni-chain-ports";
+    let pod = Netns::new();
+    let caps = json!({
+        "portMappings": [{"hostPort": 8091, "containerPort": 80, "protocol": "tcp"}],
+        "bandwidth": {"ingressRate": 8_000_000, "ingressBurst": 80_000, "egressRate": 8_000_000, "egressBurst": 80_000},
+    });
+    let result: Value = serde_json::from_str(&s.ok("add", net, &pod, Some(&caps))).unwrap();
+    assert_eq!(pod.peer_via(&s.outside, "192.0.2.1", 80, Some(8091)), Some(ip("192.0.2.2")), "port mapping");
+    let veth = result["interfaces"][0]["name"].as_str().unwrap().to_string();
+    let tc = s.node.command("tc").args(["qdisc", "show", "dev", &veth]).output().unwrap();
+    assert!(String::from_utf8_lossy(&tc.stdout).contains("tbf"), "{tc:?}");
+    s.ok("del", net, &pod, Some(&caps));
+    assert_eq!(s.pod_veths(), Vec::<String>::new());
+    assert_eq!(s.node.ip_json(&["link", "show", "type", "ifb"]), json!([]));
+    assert_eq!(s.reservations(net), Vec::<String>::new());
+}
