@@ -201,6 +201,14 @@ pub struct Attachment {
     pub ifname: String,
 }
 
+/// An MTU from a config: IPv4's minimum up to the largest a veth takes.
+pub fn validate_mtu(mtu: Option<u32>) -> Result<()> {
+    match mtu {
+        Some(m) if !(68..=65535).contains(&m) => Err(CniError::InvalidConfig(format!("mtu {m} is outside 68..65535"))),
+        _ => Ok(()),
+    }
+}
+
 /// A number given as a JSON number or a numeric string (AWS configs write `"mtu": "9001"`).
 pub fn number_or_string<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Option<u32>, D::Error> {
     #[derive(Deserialize)]

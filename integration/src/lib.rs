@@ -106,6 +106,31 @@ impl Netns {
         serde_json::from_slice(&out.stdout).unwrap()
     }
 
+    /// Elements of the set or map `name` (any table) as (key, comment); empty if it does not exist.
+    pub fn nft_elements(&self, name: &str) -> Vec<(String, String)> {
+        let ruleset = self.nft_json();
+        let found = ruleset["nftables"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|o| o.get("set").or_else(|| o.get("map")))
+            .find(|s| s["name"] == name);
+        let Some(elems) = found.and_then(|s| s["elem"].as_array()) else {
+            return Vec::new();
+        };
+        elems
+            .iter()
+            .map(|e| {
+                // A map element is [key, verdict]; a key with a comment is {"elem": {"val", "comment"}}.
+                let key = if e.is_array() { &e[0] } else { e };
+                match key.get("elem") {
+                    Some(el) => (el["val"].as_str().unwrap_or("").into(), el["comment"].as_str().unwrap_or("").into()),
+                    None => (key.as_str().unwrap_or("").into(), String::new()),
+                }
+            })
+            .collect()
+    }
+
     /// `nft args...` here; panics if it fails.
     pub fn nft(&self, args: &[&str]) -> String {
         let out = self.command("nft").args(args).output().expect("run nft");

@@ -66,27 +66,6 @@ fn egress_ip(pod: &Netns) -> String {
     addrs[0].clone()
 }
 
-/// Elements of set `name` in table cni_chain: (address, comment).
-fn set_elements(node: &Netns, name: &str) -> Vec<(String, String)> {
-    let ruleset = node.nft_json();
-    let Some(set) =
-        ruleset["nftables"].as_array().unwrap().iter().filter_map(|o| o.get("set")).find(|s| s["name"] == name)
-    else {
-        return Vec::new();
-    };
-    set["elem"]
-        .as_array()
-        .map(|l| {
-            l.iter()
-                .map(|e| match e.get("elem") {
-                    Some(el) => (el["val"].as_str().unwrap_or("").into(), el["comment"].as_str().unwrap_or("").into()),
-                    None => (e.as_str().unwrap_or("").into(), String::new()),
-                })
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 fn rule_count(node: &Netns, chain: &str) -> usize {
     node.nft_json()["nftables"]
         .as_array()
@@ -139,7 +118,7 @@ fn ipv6_pod_reaches_an_ipv4_host_as_the_node() {
 
     // nftables: the pod's address in the node address's set, one SNAT rule.
     let tag = "cni-chain:egress-v4:cni-chain-v6:p1/eth0".to_string();
-    assert_eq!(set_elements(&s.node, "egress_v4_192_0_2_1"), [(pod_v4.clone(), tag)]);
+    assert_eq!(s.node.nft_elements("egress_v4_192_0_2_1"), [(pod_v4.clone(), tag)]);
     assert_eq!(rule_count(&s.node, "egress_v4_192_0_2_1"), 1);
     let listing = s.node.nft(&["list", "chain", "inet", "cni_chain", "egress_v4_192_0_2_1"]);
     assert!(listing.contains("type nat hook postrouting priority srcnat"), "{listing}");
@@ -223,7 +202,7 @@ fn fifty_pods_share_one_snat_rule() {
         }
     });
     assert_eq!(rule_count(&s.node, "egress_v4_192_0_2_1"), 1);
-    let elems = set_elements(&s.node, "egress_v4_192_0_2_1");
+    let elems = s.node.nft_elements("egress_v4_192_0_2_1");
     assert_eq!(elems.len(), 50);
     for pod in [&pods[0], &pods[27], &pods[49]] {
         let addr = egress_ip(pod);
@@ -256,14 +235,14 @@ fn del_after_the_pod_netns_is_gone_and_gc_leave_nothing() {
     s.node.nft(&["add", "element", "inet", "cni_chain", "egress_v4_192_0_2_1", ghost]);
     chain.add(&s.node, "gone", &gone_path);
     assert_eq!(
-        set_elements(&s.node, "egress_v4_192_0_2_1"),
+        s.node.nft_elements("egress_v4_192_0_2_1"),
         [("169.254.172.2".to_string(), "cni-chain:egress-v4:cni-chain-v6:gone/eth0".to_string())]
     );
     let r_kept = chain.add(&s.node, "kept", kept.path());
     chain.add(&s.node, "stale", stale.path());
     drop(gone);
     chain.del(&s.node, "gone", &gone_path, None);
-    let elems = set_elements(&s.node, "egress_v4_192_0_2_1");
+    let elems = s.node.nft_elements("egress_v4_192_0_2_1");
     assert_eq!(elems.len(), 2, "{elems:?}");
     assert!(!elems.iter().any(|(_, c)| c.ends_with(":gone/eth0")));
     assert_eq!(s.veths("egress").len(), 2);
@@ -272,7 +251,7 @@ fn del_after_the_pod_netns_is_gone_and_gc_leave_nothing() {
     for reply in chain.each(&s.node, "GC", &[("kept", "eth0")]) {
         reply.ok();
     }
-    let elems = set_elements(&s.node, "egress_v4_192_0_2_1");
+    let elems = s.node.nft_elements("egress_v4_192_0_2_1");
     assert_eq!(elems.len(), 1, "{elems:?}");
     assert!(elems[0].1.ends_with(":kept/eth0"));
     assert_eq!(s.veths("egress").len(), 1);

@@ -54,28 +54,6 @@ fn rules(node: &Netns, table: &str) -> Vec<Value> {
         .collect()
 }
 
-/// Elements of one of our maps: (address, comment).
-fn elements(node: &Netns, map: &str) -> Vec<(String, String)> {
-    let sets = node.nft_json();
-    let Some(set) = sets["nftables"].as_array().unwrap().iter().filter_map(|o| o.get("map")).find(|m| m["name"] == map)
-    else {
-        return Vec::new();
-    };
-    set["elem"]
-        .as_array()
-        .map(|l| {
-            l.iter()
-                .map(|e| {
-                    let pair = &e[0];
-                    let key = pair.get("elem").map_or(pair, |el| &el["val"]);
-                    let comment = pair.get("elem").and_then(|el| el["comment"].as_str()).unwrap_or("");
-                    (key.as_str().unwrap_or_default().to_string(), comment.to_string())
-                })
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 fn has_table(node: &Netns, table: &str) -> bool {
     node.nft_json()["nftables"].as_array().unwrap().iter().any(|o| o.get("table").is_some_and(|t| t["name"] == table))
 }
@@ -195,7 +173,7 @@ fn rule_count_is_the_same_for_one_pod_and_for_200_and_concurrent_adds_converge()
     let with_one = rules(&node, "cni_chain").len();
     parallel(200, |i| add(&pod, i));
     assert_eq!(rules(&node, "cni_chain").len(), with_one, "pod mode: fixed rules");
-    let elems = elements(&node, "pods_v4");
+    let elems = node.nft_elements("pods_v4");
     assert_eq!(elems.len(), 200);
     assert!(
         elems.iter().any(|(a, c)| a == "10.70.0.7" && c == "cni-chain:masquerade:masqnet:c5/eth0"),
@@ -208,12 +186,12 @@ fn rule_count_is_the_same_for_one_pod_and_for_200_and_concurrent_adds_converge()
     let valid: Vec<(&str, &str)> = valid.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
     let conf: Value = serde_json::from_slice(&masq_conf(pod.clone(), &[])).unwrap();
     Call::new("masquerade", "GC", "", "").run(&node, &integration::with_valid_attachments(&conf, &valid)).ok();
-    assert_eq!(elements(&node, "pods_v4").len(), 100);
+    assert_eq!(node.nft_elements("pods_v4").len(), 100);
     let mut no_prev = conf.clone();
     no_prev.as_object_mut().unwrap().remove("prevResult");
     Call::new("masquerade", "DEL", "c0", "").run(&node, &serde_json::to_vec(&no_prev).unwrap()).ok();
     Call::new("masquerade", "DEL", "c0", "").run(&node, &serde_json::to_vec(&no_prev).unwrap()).ok();
-    assert_eq!(elements(&node, "pods_v4").len(), 99);
+    assert_eq!(node.nft_elements("pods_v4").len(), 99);
     // The last 99 go by concurrent DELs, which must still leave no per-pod structure behind.
     parallel(99, |i| {
         let id = format!("c{}", i + 1);
@@ -244,8 +222,8 @@ fn pod_mode_masquerades_except_towards_excluded_cidrs() {
     assert_eq!(s.outside.peer_of(&pods[0], "2001:db8::2"), Some(ip("2001:db8::1")));
     assert_eq!(s.peer.peer_of(&pods[0], "198.51.100.2"), Some(p1), "excluded CIDR keeps the pod's address");
     assert_eq!(pods[1].peer_of(&pods[0], &pod_ip(&r2, false).to_string()), Some(p1));
-    assert_eq!(elements(&s.node, "pods_v4").len(), 2);
-    assert_eq!(elements(&s.node, "pods_v6").len(), 2);
+    assert_eq!(s.node.nft_elements("pods_v4").len(), 2);
+    assert_eq!(s.node.nft_elements("pods_v6").len(), 2);
     for reply in chain.check(&s.node, "q1", pods[0].path(), &r1) {
         reply.ok();
     }
@@ -256,7 +234,7 @@ fn pod_mode_masquerades_except_towards_excluded_cidrs() {
     drop(pod1);
     chain.del(&s.node, "q1", &gone, None);
     assert_eq!(
-        elements(&s.node, "pods_v4"),
+        s.node.nft_elements("pods_v4"),
         [(pod_ip(&r2, false).to_string(), "cni-chain:masquerade:podmasq:q2/eth0".into())]
     );
     chain.del(&s.node, "q2", pod2.path(), Some(&r2));
@@ -272,7 +250,10 @@ fn ptp_ip_masq_uses_the_pod_mode() {
     let bytes = serde_json::to_vec(&conf).unwrap();
     let r = Call::new("ptp", "ADD", "m1", pod.path()).run(&s.node, &bytes).ok();
     assert_eq!(s.outside.peer_of(&pod, "192.0.2.2"), Some(ip("192.0.2.1")));
-    assert_eq!(elements(&s.node, "pods_v4"), [("10.62.0.2".to_string(), "cni-chain:ptp:ptpmasq:m1/eth0".to_string())]);
+    assert_eq!(
+        s.node.nft_elements("pods_v4"),
+        [("10.62.0.2".to_string(), "cni-chain:ptp:ptpmasq:m1/eth0".to_string())]
+    );
     Call::new("ptp", "CHECK", "m1", pod.path()).run(&s.node, &with_prev_result(&conf, &r)).ok();
     s.node.nft(&["flush", "map", "inet", "cni_chain", "pods_v4"]);
     Call::new("ptp", "CHECK", "m1", pod.path()).run(&s.node, &with_prev_result(&conf, &r)).err(104);

@@ -2,7 +2,7 @@
 
 use common::invocation::validate_ifname;
 use common::nft::PortSelection;
-use common::types::number_or_string;
+use common::types::{number_or_string, validate_mtu};
 use common::{CniError, Result};
 use serde::{Deserialize, Deserializer};
 use std::net::{IpAddr, Ipv4Addr};
@@ -76,11 +76,7 @@ impl EgressConf {
                 _ => return Err(CniError::InvalidConfig(format!("nodeIP {text:?} is not a unicast IPv4 address"))),
             },
         };
-        if let Some(mtu) = self.mtu {
-            if !(68..=65535).contains(&mtu) {
-                return Err(CniError::InvalidConfig(format!("mtu {mtu} is outside 68..65535")));
-            }
-        }
+        validate_mtu(self.mtu)?;
         let if_name = self.if_name.filter(|n| !n.is_empty()).unwrap_or_else(|| DEFAULT_IFNAME.into());
         validate_ifname(&if_name).map_err(|_| CniError::InvalidConfig(format!("ifName {if_name:?} is not usable")))?;
         Ok(Settings {

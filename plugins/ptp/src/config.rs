@@ -1,7 +1,7 @@
 //! ptp's configuration: the reference ptp's keys plus `linkGroup` and `vethPrefix`.
 
 use common::linkgroup::GroupRef;
-use common::types::{number_or_string, Dns};
+use common::types::{number_or_string, validate_mtu, Dns};
 use common::{CniError, Result};
 use serde::Deserialize;
 
@@ -48,11 +48,7 @@ impl PtpConf {
             }
             Some(other) => return Err(CniError::InvalidConfig(format!("ipMasqBackend {other:?}: use \"nftables\""))),
         }
-        if let Some(mtu) = self.mtu {
-            if !(68..=65535).contains(&mtu) {
-                return Err(CniError::InvalidConfig(format!("mtu {mtu} is outside 68..65535")));
-            }
-        }
+        validate_mtu(self.mtu)?;
         Ok(Settings {
             mtu: self.mtu,
             group: self.link_group,
