@@ -244,9 +244,7 @@ impl PodMasq<'_> {
         }) {
             let mut b = Batch::new();
             b.flush_chain(self.table, chain).delete_chain(self.table, chain);
-            if let Err(e) = nft.apply(&b, "removing an unused exclusion chain") {
-                log::debug!("{e}");
-            }
+            nft.apply_if_unused(&b, "removing an unused exclusion chain");
         }
         if kept.is_empty() && chains.iter().any(|c| c == POD_CHAIN) {
             let mut b = Batch::new();
@@ -254,9 +252,7 @@ impl PodMasq<'_> {
                 .delete_chain(self.table, POD_CHAIN)
                 .delete_empty_set(self.table, POD_MAP_V4)
                 .delete_empty_set(self.table, POD_MAP_V6);
-            if let Err(e) = nft.apply(&b, "removing the per-pod structure") {
-                log::debug!("{e}");
-            }
+            nft.apply_if_unused(&b, "removing the per-pod structure");
         }
         delete_table_if_empty(nft, self.table);
     }
@@ -290,9 +286,7 @@ impl PodMasq<'_> {
 pub fn delete_table_if_empty(nft: &mut Nft, table: &str) {
     let mut b = Batch::new();
     b.delete_empty_table(table);
-    if let Err(e) = nft.apply(&b, "removing the empty table") {
-        log::debug!("{e}");
-    }
+    nft.apply_if_unused(&b, "removing the empty table");
 }
 
 #[cfg(test)]

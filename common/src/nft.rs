@@ -505,6 +505,13 @@ impl Nft {
         Ok(())
     }
 
+    /// Apply a cleanup the kernel may rightly refuse (a set or chain still in use): the refusal is logged.
+    pub fn apply_if_unused(&mut self, batch: &Batch, what: &str) {
+        if let Err(e) = self.apply(batch, what) {
+            log::debug!("{e}");
+        }
+    }
+
     /// Dump objects of one kind; a missing table or set reads as empty.
     fn dump(&mut self, request: NfTablesMessage) -> Result<Vec<NfTablesMessage>> {
         let buf = self.message(NetfilterProtoFamily::Inet, request.into(), NLM_F_DUMP);
@@ -542,21 +549,15 @@ impl Nft {
     /// Names of the chains in `table`.
     pub fn chains(&mut self, table: &str) -> Result<Vec<String>> {
         let attrs = vec![ChainAttribute::Table(table.into())];
-        let chains = self.dump(NfTablesMessage::GetChain(ChainMessage { attributes: attrs }))?;
-        Ok(chains
-            .into_iter()
-            .filter_map(|m| match m {
-                NfTablesMessage::NewChain(c) => {
-                    let in_table = c.attributes.iter().any(|a| matches!(a, ChainAttribute::Table(t) if t == table));
-                    let name = c.attributes.into_iter().find_map(|a| match a {
-                        ChainAttribute::Name(n) => Some(n),
-                        _ => None,
-                    });
-                    name.filter(|_| in_table)
-                }
-                _ => None,
-            })
-            .collect())
+        let dumped = self.dump(NfTablesMessage::GetChain(ChainMessage { attributes: attrs }))?;
+        Ok(names_in_table(dumped, table, |m| match m {
+            NfTablesMessage::NewChain(c) => c.attributes.into_iter().fold((None, None), |(t, n), a| match a {
+                ChainAttribute::Table(x) => (Some(x), n),
+                ChainAttribute::Name(x) => (t, Some(x)),
+                _ => (t, n),
+            }),
+            _ => (None, None),
+        }))
     }
 
     pub fn rules(&mut self, table: &str, chain: &str) -> Result<Vec<RuleInfo>> {
@@ -586,21 +587,15 @@ impl Nft {
     /// Names of the sets and maps in `table`.
     pub fn sets(&mut self, table: &str) -> Result<Vec<String>> {
         let attrs = vec![SetAttribute::Table(table.into())];
-        let sets = self.dump(NfTablesMessage::GetSet(SetMessage { attributes: attrs }))?;
-        Ok(sets
-            .into_iter()
-            .filter_map(|m| match m {
-                NfTablesMessage::NewSet(s) => {
-                    let in_table = s.attributes.iter().any(|a| matches!(a, SetAttribute::Table(t) if t == table));
-                    let name = s.attributes.into_iter().find_map(|a| match a {
-                        SetAttribute::Name(n) => Some(n),
-                        _ => None,
-                    });
-                    name.filter(|_| in_table)
-                }
-                _ => None,
-            })
-            .collect())
+        let dumped = self.dump(NfTablesMessage::GetSet(SetMessage { attributes: attrs }))?;
+        Ok(names_in_table(dumped, table, |m| match m {
+            NfTablesMessage::NewSet(s) => s.attributes.into_iter().fold((None, None), |(t, n), a| match a {
+                SetAttribute::Table(x) => (Some(x), n),
+                SetAttribute::Name(x) => (t, Some(x)),
+                _ => (t, n),
+            }),
+            _ => (None, None),
+        }))
     }
 
     /// The elements of an address set or address → verdict map.
@@ -621,6 +616,21 @@ impl Nft {
         }
         Ok(out)
     }
+}
+
+/// The names of dumped objects that belong to `table`; `table_and_name` reads both from one message.
+fn names_in_table(
+    dumped: Vec<NfTablesMessage>,
+    table: &str,
+    table_and_name: impl Fn(NfTablesMessage) -> (Option<String>, Option<String>),
+) -> Vec<String> {
+    dumped
+        .into_iter()
+        .filter_map(|m| match table_and_name(m) {
+            (Some(t), Some(name)) if t == table => Some(name),
+            _ => None,
+        })
+        .collect()
 }
 
 fn element(attrs: Vec<SetElementAttribute>) -> Option<Element> {

@@ -227,6 +227,27 @@ pub fn number_or_string<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<
     }
 }
 
+/// A flag given as a JSON bool or the string "true"/"false" (AWS templates write `"enabled": "true"`);
+/// an empty string means unset.
+pub fn bool_or_string<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Option<bool>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum BoolOrStr {
+        Bool(bool),
+        Str(String),
+    }
+    match Option::<BoolOrStr>::deserialize(d)? {
+        None => Ok(None),
+        Some(BoolOrStr::Bool(b)) => Ok(Some(b)),
+        Some(BoolOrStr::Str(s)) => match s.trim().to_ascii_lowercase().as_str() {
+            "" => Ok(None),
+            "true" => Ok(Some(true)),
+            "false" => Ok(Some(false)),
+            _ => Err(serde::de::Error::custom(format!("{s:?} is neither true nor false"))),
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

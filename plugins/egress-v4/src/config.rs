@@ -2,9 +2,9 @@
 
 use common::invocation::validate_ifname;
 use common::nft::PortSelection;
-use common::types::{number_or_string, validate_mtu};
+use common::types::{bool_or_string, number_or_string, validate_mtu};
 use common::{CniError, Result};
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 use std::net::{IpAddr, Ipv4Addr};
 
 #[derive(Debug, Deserialize)]
@@ -21,26 +21,6 @@ pub struct EgressConf {
     if_name: Option<String>,
     #[serde(rename = "vethPrefix", default)]
     veth_prefix: Option<String>,
-}
-
-/// AWS templates write `"enabled": "true"`; JSON booleans are accepted too.
-fn bool_or_string<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Option<bool>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum BoolOrStr {
-        Bool(bool),
-        Str(String),
-    }
-    match Option::<BoolOrStr>::deserialize(d)? {
-        None => Ok(None),
-        Some(BoolOrStr::Bool(b)) => Ok(Some(b)),
-        Some(BoolOrStr::Str(s)) => match s.trim().to_ascii_lowercase().as_str() {
-            "" => Ok(None),
-            "true" => Ok(Some(true)),
-            "false" => Ok(Some(false)),
-            _ => Err(serde::de::Error::custom(format!("enabled {s:?} is neither true nor false"))),
-        },
-    }
 }
 
 pub const DEFAULT_IFNAME: &str = "v4if0";

@@ -133,9 +133,7 @@ fn remove_where(nft: &mut Nft, table: &str, drop: impl Fn(&str) -> bool) -> Resu
 fn prune(nft: &mut Nft, table: &str, name: &str) {
     let mut b = Batch::new();
     b.flush_chain(table, name).delete_chain(table, name).delete_empty_set(table, name);
-    if let Err(e) = nft.apply(&b, "removing an unused egress SNAT chain") {
-        log::debug!("{e}");
-    }
+    nft.apply_if_unused(&b, "removing an unused egress SNAT chain");
 }
 
 #[cfg(test)]
