@@ -11,13 +11,21 @@ APT_PACKAGES := containernetworking-plugins iproute2 iputils-ping nftables iptab
 
 all: build
 
-# Debian packages the tests and demo use (reference plugins for IPAM and comparison, ip, ping).
-deps:
-	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+# The runtimes the end-to-end tests drive (Podman needs runc here; busybox makes the images).
+E2E_PACKAGES := podman runc busybox-static
+
+# Installs the Debian packages of $(1) that are missing.
+define apt_install
+	@missing=""; for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
+endef
+
+# Debian packages the tests and demo use (reference plugins for IPAM and comparison, ip, ping).
+deps:
+	$(call apt_install,$(APT_PACKAGES))
 	@command -v cargo >/dev/null || { echo "cargo is required (rustup)"; exit 1; }
 	@cargo fmt --version >/dev/null 2>&1 || rustup component add rustfmt
 	@cargo clippy --version >/dev/null 2>&1 || rustup component add clippy
@@ -31,6 +39,7 @@ lint:
 
 # The real runtimes the end-to-end tests drive (cnitool is built from Debian's source package).
 e2e-deps: deps
+	$(call apt_install,$(E2E_PACKAGES))
 	bash scripts/e2e/cnitool.sh
 
 # Unit tests, the kernel integration tests and the end-to-end tests (as root: they create namespaces).
@@ -38,7 +47,7 @@ test: deps lint build e2e-deps
 	cargo test --workspace --release --locked -- --test-threads $(TEST_THREADS)
 
 # Only the end-to-end tests: real runtimes drive the shipped conflists.
-E2E_TESTS := e2e_cnitool
+E2E_TESTS := e2e_cnitool e2e_podman
 e2e: deps build e2e-deps
 	cargo test --release --locked -p integration $(E2E_TESTS:%=--test %) -- --test-threads $(TEST_THREADS)
 

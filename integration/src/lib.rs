@@ -14,6 +14,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 
+pub mod runtimes;
+
 /// Where the plugins under test are: `target/release` of this workspace.
 pub fn bin_dir() -> PathBuf {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release");
@@ -146,17 +148,34 @@ impl Netns {
 
     /// As `peer_of`, listening on `port` (0: any) while the client connects to `via_port` (a port mapping).
     pub fn peer_via(&self, client: &Netns, addr: &str, port: u16, via_port: Option<u16>) -> Option<std::net::IpAddr> {
-        use std::net::{SocketAddr, TcpListener, TcpStream};
-        let listener = self.run(move || TcpListener::bind(("::", port)).expect("bind"));
-        let port = via_port.unwrap_or(listener.local_addr().unwrap().port());
-        let target: SocketAddr = SocketAddr::new(addr.parse().unwrap(), port);
-        let connected =
-            client.run(move || TcpStream::connect_timeout(&target, std::time::Duration::from_secs(3)).is_ok());
-        if !connected {
-            return None;
-        }
-        let (_, peer) = listener.accept().ok()?;
-        Some(peer.ip().to_canonical())
+        use std::net::{SocketAddr, TcpStream};
+        let addr: std::net::IpAddr = addr.parse().unwrap();
+        self.source_of(port, |listening| {
+            let target = SocketAddr::new(addr, via_port.unwrap_or(listening));
+            client.run(move || TcpStream::connect_timeout(&target, std::time::Duration::from_secs(3)).is_ok())
+        })
+    }
+
+    /// Listen on TCP `port` (0: any) here, let `connect` (given the port) connect from elsewhere, and return
+    /// the source address the connection arrived with (None: `connect` failed).
+    /// Connections are accepted (and closed) as they come, for clients that wait for the server to close.
+    pub fn source_of(&self, port: u16, connect: impl FnOnce(u16) -> bool) -> Option<std::net::IpAddr> {
+        let listener = self.run(move || std::net::TcpListener::bind(("::", port)).expect("bind"));
+        let port = listener.local_addr().unwrap().port();
+        listener.set_nonblocking(true).unwrap();
+        let acceptor = std::thread::spawn(move || {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while std::time::Instant::now() < deadline {
+                if let Ok((_, peer)) = listener.accept() {
+                    return Some(peer.ip().to_canonical());
+                }
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            None
+        });
+        let connected = connect(port);
+        let peer = acceptor.join().unwrap();
+        peer.filter(|_| connected)
     }
 
     /// Run `ip args...` here; panics if it fails.

@@ -1,0 +1,101 @@
+//! What the end-to-end tests need to run a real runtime (Podman, containerd) on a test's node: a private
+//! mount namespace whose /var/lib, /run/netns and /dev/shm are the test's own directories, so libcni's
+//! result cache, host-local's store, the runtime's netns files and its locks never touch the machine's;
+//! a busybox root filesystem for images (no registry is reachable); one CNI bin dir with ours and the
+//! reference plugins.
+
+use crate::{bin_dir, Netns, TempDir, REFERENCE_DIR};
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+
+/// A mount namespace kept alive by a parked process; commands enter it together with a node netns.
+pub struct Jail {
+    pub dir: TempDir,
+    holder: Child,
+}
+
+impl Jail {
+    pub fn new(tag: &str) -> Jail {
+        let dir = TempDir::new(tag);
+        for sub in ["var-lib", "netns", "shm"] {
+            std::fs::create_dir_all(dir.path().join(sub)).unwrap();
+        }
+        std::fs::create_dir_all("/run/netns").unwrap();
+        let script = r#"mount --bind "$1/var-lib" /var/lib && mount --bind "$1/netns" /run/netns &&
+            mount --bind "$1/shm" /dev/shm && echo ready && exec sleep infinity"#;
+        let mut holder = Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sh", "-c", script, "sh"])
+            .arg(dir.path())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn unshare");
+        let mut line = String::new();
+        let _ = BufReader::new(holder.stdout.take().unwrap()).read_line(&mut line);
+        assert_eq!(line.trim(), "ready", "the private mount namespace could not be set up");
+        Jail { dir, holder }
+    }
+
+    /// `program` inside this mount namespace and `node`'s netns.
+    pub fn command(&self, node: &Netns, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--mount=/proc/{}/ns/mnt", self.holder.id()))
+            .arg(format!("--net={}", node.path()))
+            .arg(program);
+        cmd
+    }
+
+    /// What the runtime sees as /var/lib/`sub`.
+    pub fn var_lib(&self, sub: &str) -> PathBuf {
+        self.dir.path().join("var-lib").join(sub)
+    }
+
+    /// A fresh directory of the test's, beside the private mounts.
+    pub fn subdir(&self, sub: &str) -> PathBuf {
+        let p = self.dir.path().join(sub);
+        std::fs::create_dir_all(&p).unwrap();
+        p
+    }
+}
+
+impl Drop for Jail {
+    fn drop(&mut self) {
+        let _ = self.holder.kill();
+        let _ = self.holder.wait();
+    }
+}
+
+/// Stdout of a finished command; panics with its output if it failed.
+pub fn stdout_of(what: &str, out: Output) -> String {
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{what} failed: {stdout}\n{stderr}");
+    stdout.trim().to_string()
+}
+
+/// A root filesystem of the machine's static busybox and its applets, for `podman import`.
+pub fn busybox_rootfs(dir: &Path) {
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::copy("/bin/busybox", bin.join("busybox")).expect("busybox-static is installed");
+    let list = stdout_of("busybox --list", Command::new("/bin/busybox").arg("--list").output().unwrap());
+    for applet in list.lines().filter(|a| *a != "busybox") {
+        std::os::unix::fs::symlink("busybox", bin.join(applet)).unwrap();
+    }
+}
+
+/// One directory with our plugins and the reference ones (runtimes such as containerd take a single bin dir).
+pub fn plugin_dir(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    for source in [Path::new(REFERENCE_DIR).to_path_buf(), bin_dir()] {
+        for entry in std::fs::read_dir(&source).unwrap().flatten() {
+            let path = entry.path();
+            let executable = entry.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+            if executable && path.extension().is_none() {
+                let link = dir.join(entry.file_name());
+                let _ = std::fs::remove_file(&link);
+                std::os::unix::fs::symlink(&path, link).unwrap();
+            }
+        }
+    }
+}

@@ -1,0 +1,187 @@
+//! Podman 4 (Debian 12) with its CNI backend runs containers on the shipped conflists. Podman runs inside
+//! the test's node netns and a private mount namespace (see `integration::runtimes`), with a private
+//! containers.conf, storage and run directory: the machine's own Podman state is never touched.
+//! This machine needs runc (crun refuses its cgroup layout), cgroupfs, and ulimits below its own.
+
+use integration::runtimes::{busybox_rootfs, plugin_dir, stdout_of, Jail};
+use integration::Netns;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+struct Podman {
+    jail: Jail,
+    node: Netns,
+    outside: Netns,
+}
+
+impl Podman {
+    /// Podman with the shipped `conflist`, on a node with an uplink to an outside host.
+    fn new(conflist: &str) -> Podman {
+        let (node, outside) = (Netns::new(), Netns::new());
+        node.link_to(
+            &outside,
+            "uplink",
+            &[("192.0.2.1/24", "192.0.2.2/24"), ("2001:db8::1/64", "2001:db8::2/64")],
+            None,
+        );
+        let jail = Jail::new("podman");
+        let (bin, conf) = (jail.subdir("cni-bin"), jail.subdir("cni-conf"));
+        plugin_dir(&bin);
+        let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../conflists").join(conflist);
+        std::fs::copy(shipped, conf.join(conflist)).unwrap();
+        let containers_conf = format!(
+            r#"[containers]
+default_ulimits = ["nofile=20000:20000", "nproc=32768:32768"]
+[engine]
+cgroup_manager = "cgroupfs"
+events_logger = "file"
+runtime = "runc"
+tmp_dir = "{tmp}"
+[network]
+network_backend = "cni"
+cni_plugin_dirs = ["{bin}"]
+network_config_dir = "{conf}"
+"#,
+            tmp = jail.subdir("tmp").display(),
+            bin = bin.display(),
+            conf = conf.display(),
+        );
+        std::fs::write(jail.dir.path().join("containers.conf"), containers_conf).unwrap();
+        let podman = Podman { jail, node, outside };
+        let rootfs = podman.jail.subdir("rootfs");
+        busybox_rootfs(&rootfs);
+        let tarball = podman.jail.dir.path().join("rootfs.tar");
+        let out = Command::new("tar").arg("-C").arg(&rootfs).arg("-cf").arg(&tarball).arg(".").output().unwrap();
+        stdout_of("tar", out);
+        let out = podman
+            .command()
+            .args(["import", "--change", r#"CMD ["/bin/sh"]"#, "--change", "ENV PATH=/bin"])
+            .arg(&tarball)
+            .arg("local/busybox")
+            .output()
+            .unwrap();
+        stdout_of("podman import", out);
+        podman
+    }
+
+    fn command(&self) -> Command {
+        let mut cmd = self.jail.command(&self.node, "podman");
+        let (root, run): (PathBuf, PathBuf) = (self.jail.subdir("storage"), self.jail.subdir("run"));
+        cmd.env("CONTAINERS_CONF", self.jail.dir.path().join("containers.conf"))
+            .arg("--root")
+            .arg(root)
+            .arg("--runroot")
+            .arg(run)
+            .args(["--storage-driver", "vfs"]);
+        cmd
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        stdout_of(&format!("podman {args:?}"), self.command().args(args).output().unwrap())
+    }
+
+    /// A container that sleeps on `network`, allowed to ping.
+    fn start(&self, name: &str, network: &str) {
+        self.ok(&[
+            "run",
+            "-d",
+            "--name",
+            name,
+            "--network",
+            network,
+            "--cap-add",
+            "NET_RAW",
+            "local/busybox",
+            "sleep",
+            "600",
+        ]);
+    }
+
+    fn address(&self, name: &str, network: &str, v6: bool) -> String {
+        let field = if v6 { "GlobalIPv6Address" } else { "IPAddress" };
+        self.ok(&["inspect", "-f", &format!("{{{{(index .NetworkSettings.Networks \"{network}\").{field}}}}}"), name])
+    }
+
+    fn exec_ok(&self, name: &str, cmd: &[&str]) -> bool {
+        self.command().args(["exec", name]).args(cmd).output().unwrap().status.success()
+    }
+
+    /// The address the outside host sees when container `name` connects to it over TCP.
+    fn seen_outside(&self, name: &str, outside_addr: &str) -> Option<IpAddr> {
+        self.outside.source_of(0, |port| self.exec_ok(name, &["nc", "-w", "3", outside_addr, &port.to_string()]))
+    }
+
+    fn pod_veths(&self) -> Vec<String> {
+        self.node.veths().into_iter().filter(|v| v != "uplink").collect()
+    }
+
+    /// host-local reservations under the private /var/lib (the store's lock and cursors left out).
+    fn reservations(&self, store: &str) -> Vec<String> {
+        let dir = self.jail.var_lib(store);
+        let names = std::fs::read_dir(dir).map(|rd| rd.flatten().map(|e| e.file_name()).collect()).unwrap_or(vec![]);
+        names
+            .into_iter()
+            .map(|n| n.to_string_lossy().into_owned())
+            .filter(|n| n != "lock" && !n.starts_with("last_reserved"))
+            .collect()
+    }
+}
+
+impl Drop for Podman {
+    fn drop(&mut self) {
+        // Also after a failed assert: stop and remove every container (and so its network) before the jail goes.
+        let _ = self.command().args(["rm", "--all", "--force", "--time", "0"]).output();
+    }
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+#[test]
+fn podman_containers_on_the_masquerade_chain() {
+    let p = Podman::new("20-cni-chain-masquerade.conflist");
+    let net = "cni-chain-masq";
+    p.start("c1", net);
+    p.start("c2", net);
+    let (c1_v4, c1_v6) = (p.address("c1", net, false), p.address("c1", net, true));
+    assert!(c1_v4.starts_with("10.89.") && c1_v6.starts_with("fd89::"), "{c1_v4} {c1_v6}");
+    assert_eq!(p.pod_veths().len(), 2);
+    for veth in p.pod_veths() {
+        assert_eq!(p.node.link(&veth).unwrap()["group"], "8", "linkgroup ran");
+    }
+    assert!(p.exec_ok("c2", &["ping", "-c", "1", "-W", "2", &c1_v4]), "c2 pings c1 over IPv4");
+    assert!(p.exec_ok("c2", &["ping", "-c", "1", "-W", "2", &c1_v6]), "c2 pings c1 over IPv6");
+    assert_eq!(p.seen_outside("c1", "192.0.2.2"), Some(ip("192.0.2.1")), "masqueraded as the node");
+    assert_eq!(p.seen_outside("c1", "2001:db8::2"), Some(ip("2001:db8::1")));
+    assert_eq!(p.reservations("cni/networks/cni-chain-masq").len(), 4);
+
+    p.ok(&["rm", "--force", "--time", "0", "c1", "c2"]);
+    assert_eq!(p.pod_veths(), Vec::<String>::new());
+    assert_eq!(p.reservations("cni/networks/cni-chain-masq"), Vec::<String>::new());
+    assert_eq!(p.reservations("cni/results"), Vec::<String>::new(), "libcni's cache is cleared");
+    assert_eq!(p.node.nft_elements("masq_group_8"), vec![], "group mode has no per-pod state");
+}
+
+#[test]
+fn podman_ipv6_container_with_egress_v4() {
+    let p = Podman::new("30-cni-chain-egress-v4.conflist");
+    p.node.ip(&["route", "add", "default", "via", "192.0.2.2"]);
+    p.outside.ip(&["-6", "route", "add", "fd90::/64", "via", "2001:db8::1"]);
+    let net = "cni-chain-v6";
+    p.start("c6", net);
+    let c6 = p.address("c6", net, true);
+    assert!(c6.starts_with("fd90::"), "{c6}");
+    assert_eq!(p.seen_outside("c6", "192.0.2.2"), Some(ip("192.0.2.1")), "IPv4 egress as the node");
+    assert_eq!(p.seen_outside("c6", "2001:db8::2"), Some(ip(&c6)), "IPv6 keeps the container's address");
+    let elements = p.node.nft_elements("egress_v4_192_0_2_1");
+    assert_eq!(elements.len(), 1, "{elements:?}");
+
+    p.ok(&["rm", "--force", "--time", "0", "c6"]);
+    assert_eq!(p.pod_veths(), Vec::<String>::new());
+    assert_eq!(p.node.nft_elements("egress_v4_192_0_2_1"), vec![]);
+    assert!(!p.node.nft(&["list", "tables"]).contains("cni_chain"), "the last pod took the table with it");
+    assert_eq!(p.reservations("cni/networks/cni-chain-v6"), Vec::<String>::new());
+    assert_eq!(p.reservations("cni/egress-v4/cni-chain-v6"), Vec::<String>::new());
+}
