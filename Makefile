@@ -11,8 +11,9 @@ APT_PACKAGES := containernetworking-plugins iproute2 iputils-ping nftables iptab
 
 all: build
 
-# The runtimes the end-to-end tests drive (Podman needs runc here; busybox makes the images).
-E2E_PACKAGES := podman runc busybox-static
+# The runtimes the end-to-end tests drive (Podman needs runc here; busybox makes the images; grpcio for
+# scripts/e2e/cri.py, the CRI client).
+E2E_PACKAGES := podman runc busybox-static containerd python3-grpcio
 
 # Installs the Debian packages of $(1) that are missing.
 define apt_install
@@ -47,7 +48,7 @@ test: deps lint build e2e-deps
 	cargo test --workspace --release --locked -- --test-threads $(TEST_THREADS)
 
 # Only the end-to-end tests: real runtimes drive the shipped conflists.
-E2E_TESTS := e2e_cnitool e2e_podman
+E2E_TESTS := e2e_cnitool e2e_podman e2e_containerd
 e2e: deps build e2e-deps
 	cargo test --release --locked -p integration $(E2E_TESTS:%=--test %) -- --test-threads $(TEST_THREADS)
 

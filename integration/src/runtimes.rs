@@ -99,3 +99,54 @@ pub fn plugin_dir(dir: &Path) {
         }
     }
 }
+
+/// Podman with the jail's own storage, run directory and containers.conf (see `podman_conf`).
+pub fn podman(jail: &Jail, node: &Netns) -> Command {
+    let mut cmd = jail.command(node, "podman");
+    cmd.env("CONTAINERS_CONF", jail.dir.path().join("containers.conf"))
+        .arg("--root")
+        .arg(jail.subdir("podman-storage"))
+        .arg("--runroot")
+        .arg(jail.subdir("podman-run"))
+        .args(["--storage-driver", "vfs"]);
+    cmd
+}
+
+/// containers.conf for this machine: runc (crun refuses its cgroup layout), cgroupfs, ulimits below its
+/// own; with `cni`, the CNI backend with these plugin and conflist directories.
+pub fn podman_conf(jail: &Jail, cni: Option<(&Path, &Path)>) {
+    let mut conf = format!(
+        r#"[containers]
+default_ulimits = ["nofile=20000:20000", "nproc=32768:32768"]
+[engine]
+cgroup_manager = "cgroupfs"
+events_logger = "file"
+runtime = "runc"
+tmp_dir = "{}"
+"#,
+        jail.subdir("podman-tmp").display()
+    );
+    if let Some((bin, conf_dir)) = cni {
+        conf += &format!(
+            "[network]\nnetwork_backend = \"cni\"\ncni_plugin_dirs = [\"{}\"]\nnetwork_config_dir = \"{}\"\n",
+            bin.display(),
+            conf_dir.display()
+        );
+    }
+    std::fs::write(jail.dir.path().join("containers.conf"), conf).unwrap();
+}
+
+/// A busybox image named `image` in the jail's Podman storage, with these `--change` instructions.
+pub fn podman_import_busybox(jail: &Jail, node: &Netns, changes: &[&str], image: &str) {
+    let rootfs = jail.subdir("rootfs");
+    busybox_rootfs(&rootfs);
+    let tarball = jail.dir.path().join("rootfs.tar");
+    let out = Command::new("tar").arg("-C").arg(&rootfs).arg("-cf").arg(&tarball).arg(".").output().unwrap();
+    stdout_of("tar", out);
+    let mut cmd = podman(jail, node);
+    cmd.arg("import");
+    for change in changes {
+        cmd.args(["--change", change]);
+    }
+    stdout_of("podman import", cmd.arg(&tarball).arg(image).output().unwrap());
+}

@@ -1,12 +1,11 @@
 //! Podman 4 (Debian 12) with its CNI backend runs containers on the shipped conflists. Podman runs inside
 //! the test's node netns and a private mount namespace (see `integration::runtimes`), with a private
 //! containers.conf, storage and run directory: the machine's own Podman state is never touched.
-//! This machine needs runc (crun refuses its cgroup layout), cgroupfs, and ulimits below its own.
 
-use integration::runtimes::{busybox_rootfs, plugin_dir, stdout_of, Jail};
+use integration::runtimes::{plugin_dir, podman, podman_conf, podman_import_busybox, stdout_of, Jail};
 use integration::Netns;
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 struct Podman {
@@ -30,51 +29,15 @@ impl Podman {
         plugin_dir(&bin);
         let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../conflists").join(conflist);
         std::fs::copy(shipped, conf.join(conflist)).unwrap();
-        let containers_conf = format!(
-            r#"[containers]
-default_ulimits = ["nofile=20000:20000", "nproc=32768:32768"]
-[engine]
-cgroup_manager = "cgroupfs"
-events_logger = "file"
-runtime = "runc"
-tmp_dir = "{tmp}"
-[network]
-network_backend = "cni"
-cni_plugin_dirs = ["{bin}"]
-network_config_dir = "{conf}"
-"#,
-            tmp = jail.subdir("tmp").display(),
-            bin = bin.display(),
-            conf = conf.display(),
-        );
-        std::fs::write(jail.dir.path().join("containers.conf"), containers_conf).unwrap();
+        podman_conf(&jail, Some((&bin, &conf)));
         let podman = Podman { jail, node, outside };
-        let rootfs = podman.jail.subdir("rootfs");
-        busybox_rootfs(&rootfs);
-        let tarball = podman.jail.dir.path().join("rootfs.tar");
-        let out = Command::new("tar").arg("-C").arg(&rootfs).arg("-cf").arg(&tarball).arg(".").output().unwrap();
-        stdout_of("tar", out);
-        let out = podman
-            .command()
-            .args(["import", "--change", r#"CMD ["/bin/sh"]"#, "--change", "ENV PATH=/bin"])
-            .arg(&tarball)
-            .arg("local/busybox")
-            .output()
-            .unwrap();
-        stdout_of("podman import", out);
+        let changes = [r#"CMD ["/bin/sh"]"#, "ENV PATH=/bin"];
+        podman_import_busybox(&podman.jail, &podman.node, &changes, "local/busybox");
         podman
     }
 
     fn command(&self) -> Command {
-        let mut cmd = self.jail.command(&self.node, "podman");
-        let (root, run): (PathBuf, PathBuf) = (self.jail.subdir("storage"), self.jail.subdir("run"));
-        cmd.env("CONTAINERS_CONF", self.jail.dir.path().join("containers.conf"))
-            .arg("--root")
-            .arg(root)
-            .arg("--runroot")
-            .arg(run)
-            .args(["--storage-driver", "vfs"]);
-        cmd
+        podman(&self.jail, &self.node)
     }
 
     fn ok(&self, args: &[&str]) -> String {
