@@ -3,7 +3,7 @@
 //! and a private mount namespace whose /var/lib is the test's directory, so its result cache and host-local's
 //! default store never touch the machine's /var/lib/cni. cnitool 1.1.2 has no GC or STATUS.
 
-use integration::{cni_path, Netns, TempDir};
+use integration::{cni_path, Chain, Netns, TempDir};
 use serde_json::{json, Value};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -131,5 +131,43 @@ fn cnitool_passes_port_mappings_and_bandwidth_as_capabilities() {
     s.ok("del", net, &pod, Some(&caps));
     assert_eq!(s.pod_veths(), Vec::<String>::new());
     assert_eq!(s.node.ip_json(&["link", "show", "type", "ifb"]), json!([]));
+    assert_eq!(s.reservations(net), Vec::<String>::new());
+}
+
+/// libcni 1.2's GC and STATUS (cnitool 1.1.2 predates them), run the way libcni runs them on a list whose
+/// cniVersion is 1.1.0: every plugin gets GC with the attachments in libcni's result cache that are still
+/// valid, and STATUS. Here the runtime forgot pod B but kept A: GC frees B's veth and addresses only.
+#[test]
+fn gc_and_status_on_the_chain_cnitool_made_as_libcni_1_2_runs_them() {
+    let s = site("20-cni-chain-masquerade.conflist");
+    let net = "cni-chain-masq";
+    let (a, b) = (Netns::new(), Netns::new());
+    s.ok("add", net, &a, None);
+    s.ok("add", net, &b, None);
+    // libcni caches each attachment as <network>-<containerID>-<ifname>; cnitool derives the ID from the netns path.
+    let cached = s.var_lib.files("cni/results");
+    assert_eq!(cached.len(), 2, "{cached:?}");
+    let text = std::fs::read_to_string(s.var_lib.path().join("cni/results").join(&cached[0])).unwrap();
+    let kept: Value = serde_json::from_str(&text).unwrap();
+    let kept_id = kept["containerId"].as_str().unwrap().to_string();
+    let kept_pod = if kept["netns"] == a.path() { &a } else { &b };
+
+    let mut chain = Chain::shipped("20-cni-chain-masquerade.conflist");
+    chain.list["cniVersion"] = json!("1.1.0");
+    let store = s.var_lib.path().join("cni/networks");
+    chain.overrides.push((0, "ipam.dataDir".into(), json!(store.to_str().unwrap())));
+    for reply in chain.each(&s.node, "STATUS", &[]) {
+        reply.ok();
+    }
+    for reply in chain.each(&s.node, "GC", &[(&kept_id, "eth0")]) {
+        reply.ok();
+    }
+    assert_eq!(s.pod_veths().len(), 1, "the forgotten pod's veth is collected");
+    assert_eq!(s.reservations(net).len(), 2, "and its two addresses");
+    s.ok("check", net, kept_pod, None);
+    assert!(s.outside.peer_of(kept_pod, "192.0.2.2").is_some(), "the kept pod still works");
+    s.ok("del", net, &a, None);
+    s.ok("del", net, &b, None);
+    assert_eq!(s.pod_veths(), Vec::<String>::new());
     assert_eq!(s.reservations(net), Vec::<String>::new());
 }
