@@ -11,13 +11,14 @@ pub fn host_ifname(prefix: &str, container_id: &str, ifname: &str) -> Result<Str
     }
     validate_ifname(prefix)
         .map_err(|_| CniError::InvalidConfig(format!("vethPrefix {prefix:?} is not usable in an interface name")))?;
-    let hash = fnv1a64(format!("{container_id}/{ifname}").as_bytes());
-    let name = format!("{prefix}{hash:016x}");
+    let name = format!("{prefix}{:016x}", attachment_hash(container_id, ifname));
     Ok(name[..15].to_string())
 }
 
-fn fnv1a64(data: &[u8]) -> u64 {
-    data.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3))
+/// A hash of the attachment (FNV-1a 64) that stays the same across releases, for names on disk and links.
+pub fn attachment_hash(container_id: &str, ifname: &str) -> u64 {
+    let data = format!("{container_id}/{ifname}");
+    data.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3))
 }
 
 /// Who owns a link we made: plugin, network and attachment, written into the link's alias.

@@ -122,7 +122,6 @@ fn interop_with_the_reference_on_one_data_dir() {
     assert!(taken.run(&node, &c_bytes).err(107).contains("10.42.0.2"));
     let taken = Call::new(REFERENCE, "ADD", "ref-e", node.path()).env("CNI_ARGS", Some("IP=10.42.0.3"));
     assert!(!taken.run(&node, &c_bytes).success, "the reference handed out our address");
-    assert_eq!(add("host-local", "ref-c"), ["10.42.0.4/24"], "our re-ADD finds the reference's reservation");
 
     // Each CHECKs and DELs what the other reserved.
     let prev = |addr: &str| with_prev_result(&c, &json!({"cniVersion": "1.0.0", "ips": [{"address": addr}]}));
@@ -134,8 +133,14 @@ fn interop_with_the_reference_on_one_data_dir() {
 
     // A file in the older ID-only format belongs to its container.
     std::fs::write(data.path().join("hlnet/10.42.0.9"), "old-f").unwrap();
-    assert_eq!(add("host-local", "old-f"), ["10.42.0.9/24"]);
+    call("host-local", "CHECK", "old-f", &node, &prev("10.42.0.9/24")).ok();
     call("host-local", "DEL", "old-f", &node, &c_bytes).ok();
+    assert_eq!(reserved(&data), ["10.42.0.4"]);
+    // Our index beside the reservations does not disturb the reference.
+    assert_eq!(add("host-local", "ours-h"), ["10.42.0.5/24"]);
+    call(REFERENCE, "DEL", "ours-h", &node, &c_bytes).ok();
+    assert_eq!(add(REFERENCE, "ref-i"), ["10.42.0.6/24"]);
+    call("host-local", "DEL", "ref-i", &node, &c_bytes).ok();
     assert_eq!(reserved(&data), ["10.42.0.4"]);
 
     // ptp with the reference as its IPAM; our host-local releases the address on DEL.
@@ -143,7 +148,7 @@ fn interop_with_the_reference_on_one_data_dir() {
     let reference_first = format!("/usr/lib/cni:{}", integration::cni_path());
     let r =
         Call::new("ptp", "ADD", "ptp-g", pod.path()).env("CNI_PATH", Some(&reference_first)).run(&node, &c_bytes).ok();
-    assert_eq!(addresses(&r), ["10.42.0.5/24"], "after the last reserved, .4");
+    assert_eq!(addresses(&r), ["10.42.0.7/24"], "after the last reserved, .6");
     assert!(pod.ping("10.42.0.1"));
     Call::new("ptp", "DEL", "ptp-g", pod.path()).run(&node, &c_bytes).ok();
     assert_eq!(reserved(&data), ["10.42.0.4"]);

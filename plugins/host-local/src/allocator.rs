@@ -1,7 +1,7 @@
 //! What each verb does to the store, under its lock: one address per range set for an attachment.
 
 use crate::range::RangeSet;
-use crate::store::{held_by, reserved_set, Store};
+use crate::store::{held_by, Store};
 use common::types::{Attachment, CniResult, IpConfig};
 use common::{CniError, Result};
 use std::collections::HashSet;
@@ -19,9 +19,10 @@ pub fn allocate(
     if let Some(ip) = requested.iter().find(|ip| !sets.iter().any(|s| s.contains(**ip))) {
         return Err(CniError::AddressUnavailable(format!("{ip} is in none of the configured ranges")));
     }
-    let reservations = store.reservations()?;
-    let mine = held_by(&reservations, container_id, ifname);
-    let mut taken = reserved_set(&reservations);
+    // A new attachment has no index entry: nothing is read but the cursor (a runtime never repeats an ADD
+    // without a DEL; when ours does, the entry gives back what it holds).
+    let mine = store.indexed(container_id, ifname).unwrap_or_default();
+    let mut taken = HashSet::new();
     let mut new = Vec::new();
     let mut ips = Vec::new();
     for (idx, set) in sets.iter().enumerate() {
@@ -41,7 +42,22 @@ pub fn allocate(
             }
         }
     }
+    let held: Vec<IpAddr> = ips.iter().map(|c| c.address.ip()).collect();
+    if let Err(e) = store.index(container_id, ifname, &held) {
+        for ip in new {
+            let _ = store.release(ip);
+        }
+        return Err(e);
+    }
     Ok(ips)
+}
+
+/// What the attachment holds: by the index, else (no entry, or none of it still true) by reading every file.
+fn held(store: &Store, container_id: &str, ifname: &str) -> Result<Vec<IpAddr>> {
+    match store.indexed(container_id, ifname) {
+        Some(ips) if !ips.is_empty() => Ok(ips),
+        _ => Ok(held_by(&store.reservations()?, container_id, ifname)),
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -89,10 +105,11 @@ fn allocate_one(
 
 /// Release what the attachment holds; nothing held is fine.
 pub fn release(store: &Store, container_id: &str, ifname: &str) -> Result<Vec<IpAddr>> {
-    let held = held_by(&store.reservations()?, container_id, ifname);
+    let held = held(store, container_id, ifname)?;
     for ip in &held {
         store.release(*ip)?;
     }
+    store.unindex(container_id, ifname)?;
     Ok(held)
 }
 
@@ -104,7 +121,7 @@ pub fn check(
     container_id: &str,
     ifname: &str,
 ) -> Result<()> {
-    let held = held_by(&store.reservations()?, container_id, ifname);
+    let held = held(store, container_id, ifname)?;
     if held.is_empty() {
         return Err(CniError::CheckFailed(format!("no address is reserved for {container_id}/{ifname}")));
     }
@@ -129,6 +146,11 @@ pub fn gc(store: &Store, valid: &[Attachment]) -> Result<Vec<IpAddr>> {
         if !keep {
             store.release(r.ip)?;
             released.push(r.ip);
+        }
+    }
+    for (container_id, ifname) in store.indexed_attachments() {
+        if !valid.iter().any(|a| a.container_id.trim() == container_id && a.ifname == ifname) {
+            store.unindex(&container_id, &ifname)?;
         }
     }
     Ok(released)
@@ -209,6 +231,42 @@ mod tests {
         assert_eq!(store.reservations().unwrap().len(), 1);
     }
 
+    fn index_entries(t: &Tmp) -> usize {
+        std::fs::read_dir(t.0.join("n/.cni-chain-attachments")).map_or(0, |d| d.count())
+    }
+
+    #[test]
+    fn the_index_finds_an_attachment_and_a_reference_made_one_is_found_by_reading_the_files() {
+        let t = tmp("index");
+        let store = Store::open(&t.0, "n").unwrap();
+        let s = sets(&["10.0.0.0/24"]);
+        let a = allocate(&store, &s, &[], "c1", "eth0").unwrap();
+        assert_eq!(index_entries(&t), 1);
+        assert_eq!(store.indexed("c1", "eth0"), Some(vec![ip("10.0.0.2")]));
+        assert_eq!(addrs(&allocate(&store, &s, &[], "c1", "eth0").unwrap()), addrs(&a), "re-ADD by the index");
+        // As the reference host-local writes it: no index entry.
+        std::fs::write(t.0.join("n/10.0.0.9"), "c9\r\neth0").unwrap();
+        check(&store, &s, None, "c9", "eth0").unwrap();
+        assert_eq!(release(&store, "c9", "eth0").unwrap(), [ip("10.0.0.9")]);
+        assert_eq!(release(&store, "c1", "eth0").unwrap(), [ip("10.0.0.2")]);
+        assert_eq!(index_entries(&t), 0, "DEL removes the entry");
+        assert!(store.reservations().unwrap().is_empty());
+    }
+
+    #[test]
+    fn an_index_entry_the_files_contradict_is_not_trusted() {
+        let t = tmp("stale");
+        let store = Store::open(&t.0, "n").unwrap();
+        let s = sets(&["10.0.0.0/24"]);
+        allocate(&store, &s, &[], "c1", "eth0").unwrap();
+        // The reference released c1 and gave its address to c2, leaving our entry behind.
+        std::fs::write(t.0.join("n/10.0.0.2"), "c2\r\neth0").unwrap();
+        assert_eq!(store.indexed("c1", "eth0"), Some(vec![]));
+        assert_eq!(release(&store, "c1", "eth0").unwrap(), Vec::<IpAddr>::new(), "c2's address stays");
+        assert_eq!(addrs(&allocate(&store, &s, &[], "c1", "eth0").unwrap()), ["10.0.0.3/24"]);
+        assert_eq!(std::fs::read_to_string(t.0.join("n/10.0.0.2")).unwrap(), "c2\r\neth0");
+    }
+
     #[test]
     fn check_and_gc() {
         let t = tmp("gc");
@@ -223,6 +281,8 @@ mod tests {
         let valid = [Attachment { container_id: "c1".into(), ifname: "eth0".into() }];
         assert_eq!(gc(&store, &valid).unwrap(), [ip("10.0.0.3")]);
         assert_eq!(store.reservations().unwrap().len(), 1);
+        assert_eq!(index_entries(&t), 1, "GC dropped c2's entry");
         assert_eq!(gc(&store, &[]).unwrap(), [ip("10.0.0.2")]);
+        assert_eq!(index_entries(&t), 0);
     }
 }

@@ -1,6 +1,8 @@
 //! The on-disk store, byte-compatible with the reference host-local so either can take over a live node:
 //! `<dataDir>/<network>/<ip>` holds `<containerID>\r\n<ifname>` (older releases wrote the ID alone),
 //! `last_reserved_ip.<rangeSetIndex>` the last address handed out, and `lock` is flock'ed by every writer.
+//! Ours adds an index, `.cni-chain-attachments/<hash>`, so that ADD, CHECK and DEL read one or two files
+//! instead of every reservation (a cost that grew with the pods). The reservation files stay the truth.
 
 use common::{CniError, Result};
 use std::collections::HashSet;
@@ -13,6 +15,9 @@ use std::path::{Path, PathBuf};
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/cni/networks";
 const LINE_BREAK: &str = "\r\n";
 const LAST_RESERVED: &str = "last_reserved_ip.";
+/// The reference reads every file below the store, this directory's too, but only acts on files whose
+/// content is an attachment's `<containerID>\r\n<ifname>` or whose name is an address: an index entry is neither.
+const INDEX_DIR: &str = ".cni-chain-attachments";
 
 /// Who holds an address: the attachment, or only the container for files in the older format.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -111,12 +116,85 @@ impl Store {
         fs::read_to_string(self.dir.join(format!("{LAST_RESERVED}{range_set}"))).ok()?.trim().parse().ok()
     }
 
+    fn holder_of(&self, ip: IpAddr) -> Option<Holder> {
+        fs::read_to_string(self.dir.join(ip.to_string())).ok().map(|c| Holder::parse(&c))
+    }
+
+    fn index_path(&self, container_id: &str, ifname: &str) -> PathBuf {
+        let hash = common::names::attachment_hash(container_id.trim(), ifname);
+        self.dir.join(INDEX_DIR).join(format!("{hash:016x}"))
+    }
+
+    /// The addresses the index says the attachment holds and whose reservation files agree; None when
+    /// the index has no entry for it (an attachment made by the reference, or before the index existed).
+    pub fn indexed(&self, container_id: &str, ifname: &str) -> Option<Vec<IpAddr>> {
+        let entry = IndexEntry::parse(&fs::read_to_string(self.index_path(container_id, ifname)).ok()?)?;
+        let id = container_id.trim();
+        if entry.container_id != id || entry.ifname != ifname {
+            return None;
+        }
+        let holds = |ip: &IpAddr| {
+            self.holder_of(*ip).is_some_and(|h| h.container_id == id && h.ifname.as_deref() == Some(ifname))
+        };
+        Some(entry.ips.into_iter().filter(holds).collect())
+    }
+
+    /// Record what the attachment holds (under the lock, after its files were written).
+    pub fn index(&self, container_id: &str, ifname: &str, ips: &[IpAddr]) -> Result<()> {
+        let dir = self.dir.join(INDEX_DIR);
+        DirBuilder::new().recursive(true).mode(0o755).create(&dir).map_err(|e| io("creating", &dir, e))?;
+        let entry = IndexEntry { container_id: container_id.trim().into(), ifname: ifname.into(), ips: ips.to_vec() };
+        let path = self.index_path(container_id, ifname);
+        fs::write(&path, entry.to_string()).map_err(|e| io("writing", &path, e))
+    }
+
+    pub fn unindex(&self, container_id: &str, ifname: &str) -> Result<()> {
+        let path = self.index_path(container_id, ifname);
+        match fs::remove_file(&path) {
+            Err(e) if e.kind() != ErrorKind::NotFound => Err(io("removing", &path, e)),
+            _ => Ok(()),
+        }
+    }
+
+    /// The attachments that have an index entry, for GC.
+    pub fn indexed_attachments(&self) -> Vec<(String, String)> {
+        let Ok(entries) = fs::read_dir(self.dir.join(INDEX_DIR)) else { return Vec::new() };
+        entries
+            .flatten()
+            .filter_map(|e| IndexEntry::parse(&fs::read_to_string(e.path()).ok()?))
+            .map(|e| (e.container_id, e.ifname))
+            .collect()
+    }
+
     pub fn release(&self, ip: IpAddr) -> Result<()> {
         let path = self.dir.join(ip.to_string());
         match fs::remove_file(&path) {
             Err(e) if e.kind() != ErrorKind::NotFound => Err(io("removing", &path, e)),
             _ => Ok(()),
         }
+    }
+}
+
+/// An index entry: the container ID, the interface, then one address a line.
+struct IndexEntry {
+    container_id: String,
+    ifname: String,
+    ips: Vec<IpAddr>,
+}
+
+impl IndexEntry {
+    fn parse(text: &str) -> Option<IndexEntry> {
+        let mut lines = text.lines();
+        let (container_id, ifname) = (lines.next()?.to_string(), lines.next()?.to_string());
+        let ips = lines.map(|l| l.parse().ok()).collect::<Option<Vec<IpAddr>>>()?;
+        Some(IndexEntry { container_id, ifname, ips })
+    }
+}
+
+impl std::fmt::Display for IndexEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "{}\n{}", self.container_id, self.ifname)?;
+        self.ips.iter().try_for_each(|ip| writeln!(f, "{ip}"))
     }
 }
 
