@@ -274,6 +274,21 @@ impl Drop for Netns {
     }
 }
 
+/// Names of the entries of `dir` (empty if it does not exist), sorted.
+pub fn file_names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// The address reservations in a host-local store directory: the files named by an address, not its
+/// lock, cursors or our index.
+pub fn reservations_in(store: &Path) -> Vec<String> {
+    file_names(store).into_iter().filter(|f| f.parse::<std::net::IpAddr>().is_ok()).collect()
+}
+
 /// A temporary directory removed on drop.
 pub struct TempDir(PathBuf);
 
@@ -299,11 +314,7 @@ impl TempDir {
 
     /// Files below `sub` (empty if it does not exist), sorted.
     pub fn files(&self, sub: &str) -> Vec<String> {
-        let mut v: Vec<String> = std::fs::read_dir(self.0.join(sub))
-            .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
-            .unwrap_or_default();
-        v.sort();
-        v
+        file_names(&self.0.join(sub))
     }
 }
 

@@ -5,7 +5,7 @@
 //! time with no netns and no prevResult: nothing may be left after either.
 
 use integration::runtimes::{plugin_dir, podman, podman_conf, podman_import_busybox, stdout_of, Jail};
-use integration::Netns;
+use integration::{file_names, reservations_in, Netns};
 use serde_json::Value;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -141,15 +141,9 @@ state = "{state}"
         })
     }
 
-    fn files(&self, dir: &Path) -> Vec<String> {
-        let names = std::fs::read_dir(dir).map(|rd| rd.flatten().map(|e| e.file_name()).collect()).unwrap_or(vec![]);
-        names.into_iter().map(|n| n.to_string_lossy().into_owned()).collect()
-    }
-
-    /// host-local reservations under the private /var/lib (the store's lock and cursors left out).
+    /// host-local's reservations under the private /var/lib.
     fn reservations(&self, store: &str) -> Vec<String> {
-        let names = self.files(&self.jail.var_lib(store));
-        names.into_iter().filter(|n| n != "lock" && !n.starts_with("last_reserved")).collect()
+        reservations_in(&self.jail.var_lib(store))
     }
 }
 
@@ -214,6 +208,6 @@ fn containerd_pod_sandboxes_on_the_masquerade_chain() {
     assert_eq!(c.cri(&["list"])["ids"], serde_json::json!([]));
     assert_eq!(c.pod_veths(), Vec::<String>::new());
     assert_eq!(c.reservations("cni/networks/cni-chain-masq"), Vec::<String>::new());
-    assert_eq!(c.files(&c.jail.var_lib("cni/results")), Vec::<String>::new(), "libcni's cache is cleared");
-    assert_eq!(c.files(&c.jail.dir.path().join("netns")), Vec::<String>::new(), "no cni-<uuid> netns left");
+    assert_eq!(file_names(&c.jail.var_lib("cni/results")), Vec::<String>::new(), "libcni's cache is cleared");
+    assert_eq!(file_names(&c.jail.dir.path().join("netns")), Vec::<String>::new(), "no cni-<uuid> netns left");
 }

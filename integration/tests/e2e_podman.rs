@@ -3,7 +3,7 @@
 //! containers.conf, storage and run directory: the machine's own Podman state is never touched.
 
 use integration::runtimes::{plugin_dir, podman, podman_conf, podman_import_busybox, stdout_of, Jail};
-use integration::Netns;
+use integration::{file_names, reservations_in, Netns};
 use std::net::IpAddr;
 use std::path::Path;
 use std::process::Command;
@@ -79,15 +79,9 @@ impl Podman {
         self.node.veths().into_iter().filter(|v| v != "uplink").collect()
     }
 
-    /// host-local reservations under the private /var/lib (the store's lock and cursors left out).
+    /// host-local's reservations under the private /var/lib.
     fn reservations(&self, store: &str) -> Vec<String> {
-        let dir = self.jail.var_lib(store);
-        let names = std::fs::read_dir(dir).map(|rd| rd.flatten().map(|e| e.file_name()).collect()).unwrap_or(vec![]);
-        names
-            .into_iter()
-            .map(|n| n.to_string_lossy().into_owned())
-            .filter(|n| n != "lock" && !n.starts_with("last_reserved"))
-            .collect()
+        reservations_in(&self.jail.var_lib(store))
     }
 }
 
@@ -123,7 +117,7 @@ fn podman_containers_on_the_masquerade_chain() {
     p.ok(&["rm", "--force", "--time", "0", "c1", "c2"]);
     assert_eq!(p.pod_veths(), Vec::<String>::new());
     assert_eq!(p.reservations("cni/networks/cni-chain-masq"), Vec::<String>::new());
-    assert_eq!(p.reservations("cni/results"), Vec::<String>::new(), "libcni's cache is cleared");
+    assert_eq!(file_names(&p.jail.var_lib("cni/results")), Vec::<String>::new(), "libcni's cache is cleared");
     assert_eq!(p.node.nft_elements("masq_group_8"), vec![], "group mode has no per-pod state");
 }
 

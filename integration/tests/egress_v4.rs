@@ -41,9 +41,9 @@ impl Site {
     }
 
     fn reservations(&self) -> Vec<String> {
-        let mut all = self.data.files("v4/cni-chain-v6");
-        all.extend(self.data.files("v6/cni-chain-v6"));
-        all.into_iter().filter(|f| f != "lock" && !f.starts_with("last_reserved")).collect()
+        let mut all = integration::reservations_in(&self.data.path().join("v4/cni-chain-v6"));
+        all.extend(integration::reservations_in(&self.data.path().join("v6/cni-chain-v6")));
+        all
     }
 
     /// Nothing of any pod is left: no veth, no reservation, no table of ours.

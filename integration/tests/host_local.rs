@@ -31,7 +31,7 @@ fn addresses(r: &Value) -> Vec<String> {
 
 /// The reservation files (addresses) in the network's store.
 fn reserved(data: &TempDir) -> Vec<String> {
-    data.files("hlnet").into_iter().filter(|f| f.parse::<std::net::IpAddr>().is_ok()).collect()
+    integration::reservations_in(&data.path().join("hlnet"))
 }
 
 #[test]

@@ -250,6 +250,7 @@ mod tests {
         assert_eq!(release(&store, "c9", "eth0").unwrap(), [ip("10.0.0.9")]);
         assert_eq!(release(&store, "c1", "eth0").unwrap(), [ip("10.0.0.2")]);
         assert_eq!(index_entries(&t), 0, "DEL removes the entry");
+        assert!(!t.0.join("n/.cni-chain-attachments").exists(), "and the directory with the last one");
         assert!(store.reservations().unwrap().is_empty());
     }
 

@@ -148,11 +148,16 @@ impl Store {
         fs::write(&path, entry.to_string()).map_err(|e| io("writing", &path, e))
     }
 
+    /// Drop the attachment's entry, and the index directory with its last entry.
     pub fn unindex(&self, container_id: &str, ifname: &str) -> Result<()> {
         let path = self.index_path(container_id, ifname);
         match fs::remove_file(&path) {
             Err(e) if e.kind() != ErrorKind::NotFound => Err(io("removing", &path, e)),
-            _ => Ok(()),
+            _ => {
+                // Fails while other entries remain, as it should.
+                let _ = fs::remove_dir(self.dir.join(INDEX_DIR));
+                Ok(())
+            }
         }
     }
 
