@@ -30,6 +30,18 @@ pub fn find_plugin(inv: &Invocation, name: &str) -> Result<PathBuf> {
 
 /// Run the IPAM plugin for `command` with the config we were given. Returns its result for ADD.
 pub fn exec(inv: &Invocation, command: Command) -> Result<Option<CniResult>> {
+    start(inv, command)?.finish()
+}
+
+/// An IPAM call under way, so the caller can do its own work (such as a veth delete's RCU wait) meanwhile.
+pub struct Pending {
+    kind: String,
+    command: Command,
+    child: std::process::Child,
+}
+
+/// Start the IPAM plugin for `command`; `finish` waits for it.
+pub fn start(inv: &Invocation, command: Command) -> Result<Pending> {
     let kind = ipam_type(inv)?;
     let bin = find_plugin(inv, kind)?;
     let mut child = Process::new(&bin)
@@ -47,17 +59,27 @@ pub fn exec(inv: &Invocation, command: Command) -> Result<Option<CniResult>> {
         // A plugin that exits without reading gives EPIPE: its exit status says what happened.
         let _ = stdin.write_all(inv.config.raw());
     }
-    let out =
-        child.wait_with_output().map_err(|e| CniError::Delegate(format!("waiting for IPAM plugin {kind}: {e}")))?;
-    if !out.status.success() {
-        return Err(delegated_error(kind, &out.stdout, out.status));
+    Ok(Pending { kind: kind.to_string(), command, child })
+}
+
+impl Pending {
+    /// Wait for the IPAM plugin; its result for ADD.
+    pub fn finish(self) -> Result<Option<CniResult>> {
+        let kind = &self.kind;
+        let out = self
+            .child
+            .wait_with_output()
+            .map_err(|e| CniError::Delegate(format!("waiting for IPAM plugin {kind}: {e}")))?;
+        if !out.status.success() {
+            return Err(delegated_error(kind, &out.stdout, out.status));
+        }
+        if self.command != Command::Add {
+            return Ok(None);
+        }
+        let value: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .map_err(|e| CniError::Delegate(format!("IPAM plugin {kind} returned no valid result: {e}")))?;
+        CniResult::from_value(&value).map(Some)
     }
-    if command != Command::Add {
-        return Ok(None);
-    }
-    let value: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .map_err(|e| CniError::Delegate(format!("IPAM plugin {kind} returned no valid result: {e}")))?;
-    CniResult::from_value(&value).map(Some)
 }
 
 fn delegated_error(kind: &str, stdout: &[u8], status: std::process::ExitStatus) -> CniError {

@@ -176,11 +176,13 @@ fn cleanup(inv: &Invocation, s: &Settings) -> Result<()> {
         "" => None,
         path => Netns::open(path).map_err(|e| log::info!("DEL without the pod netns: {e}")).ok(),
     };
+    // IPAM releases the address while the kernel deletes the veth (an RCU wait that dominates DEL).
+    let addresses = ipam_configured(inv).then(|| ipam::start(inv, Command::Del));
     let rtnl = Rtnl::new()?;
     let node = rtnl.connect()?;
     let links = p2p::teardown(&rtnl, &node, &n.host_ifname, &n.tag, pod.as_ref(), &s.if_name);
     let nat = Nft::open().and_then(|mut nft| snat::del(&mut nft, DEFAULT_TABLE, &n.tag));
-    let addresses = if ipam_configured(inv) { ipam::exec(inv, Command::Del).map(|_| ()) } else { Ok(()) };
+    let addresses = addresses.map_or(Ok(()), |p| p.and_then(ipam::Pending::finish).map(|_| ()));
     links.and(nat).and(addresses)
 }
 

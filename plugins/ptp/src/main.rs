@@ -91,11 +91,13 @@ impl Plugin for Ptp {
             "" => None,
             path => Netns::open(path).map_err(|e| log::info!("DEL without the pod netns: {e}")).ok(),
         };
+        // IPAM releases the addresses while the kernel deletes the veth (an RCU wait that dominates DEL).
+        let addresses = ipam::start(inv, Command::Del);
         let rtnl = Rtnl::new()?;
         let node = rtnl.connect()?;
         let links = p2p::teardown(&rtnl, &node, &host_ifname, &alias, pod.as_ref(), &inv.ifname);
         let masq = if s.ip_masq { Nft::open().and_then(|mut nft| MASQ.del(&mut nft, &alias)) } else { Ok(()) };
-        let addresses = ipam::exec(inv, Command::Del).map(|_| ());
+        let addresses = addresses.and_then(ipam::Pending::finish).map(|_| ());
         links.and(masq).and(addresses)
     }
 
