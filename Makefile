@@ -7,7 +7,7 @@ PLUGINS := ptp host-local linkgroup masquerade egress-v4
 TEST_THREADS ?= 4
 APT_PACKAGES := containernetworking-plugins iproute2 iputils-ping nftables iptables python3
 
-.PHONY: all build deps e2e-deps test e2e lint demo install clean
+.PHONY: all build deps e2e-deps test e2e lint bench demo install clean
 
 all: build
 
@@ -51,6 +51,16 @@ test: deps lint build e2e-deps
 E2E_TESTS := e2e_cnitool e2e_podman e2e_containerd
 e2e: deps build e2e-deps
 	cargo test --release --locked -p integration $(E2E_TESTS:%=--test %) -- --test-threads $(TEST_THREADS)
+
+# Latency of our chains against the reference plugins, growth with live pods, floor, footprint:
+# bench/RESULTS.md, bench/results.json and bench/growth.png (BENCH_FLAGS=--quick for a short run).
+BENCH_PACKAGES := python3-matplotlib binutils
+BENCH_FLAGS ?=
+bench: deps build
+	$(call apt_install,$(BENCH_PACKAGES))
+	target/release/cni-chain-bench --out bench $(BENCH_FLAGS)
+	/usr/bin/python3 bench/plot.py bench/results.json bench/growth.png
+	@echo "see bench/RESULTS.md and bench/growth.png"
 
 demo: deps build
 	bash scripts/demo.sh

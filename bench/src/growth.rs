@@ -1,0 +1,71 @@
+//! Cost growth: ADD and DEL latency of one more pod on a node that already has 1, 100, 500, 1000… live pods,
+//! for each chain and for the floor (nodes side by side, samples interleaved), and the nftables rules at each level.
+
+use crate::pod::PodNetns;
+use crate::setups::{Added, Subject};
+use crate::stats::Samples;
+use integration::Netns;
+
+pub struct Level {
+    pub live: usize,
+    pub add: Samples,
+    pub del: Samples,
+    pub rules: usize,
+}
+
+struct Node<'a> {
+    chain: &'a dyn Subject,
+    netns: Netns,
+    pods: Vec<(PodNetns, String, Added)>,
+}
+
+pub fn run(chains: &[&dyn Subject], levels: &[usize], samples: usize) -> Vec<Vec<Level>> {
+    let mut nodes: Vec<Node> =
+        chains.iter().map(|c| Node { chain: *c, netns: Netns::new(), pods: Vec::new() }).collect();
+    let mut out: Vec<Vec<Level>> = chains.iter().map(|_| Vec::new()).collect();
+    for &live in levels {
+        for node in nodes.iter_mut() {
+            while node.pods.len() < live {
+                let (pod, id) = (PodNetns::new(), format!("live-{}", node.pods.len()));
+                let (_, added) = node.chain.add(&node.netns, &id, &pod);
+                node.pods.push((pod, id, added));
+            }
+            eprintln!("  {}: {live} live pods", node.chain.label());
+        }
+        let mut levels: Vec<Level> = nodes
+            .iter()
+            .map(|n| Level { live, add: Samples::default(), del: Samples::default(), rules: rule_count(&n.netns) })
+            .collect();
+        for s in 0..samples {
+            for (node, level) in nodes.iter().zip(levels.iter_mut()) {
+                let (pod, id) = (PodNetns::new(), format!("extra-{live}-{s}"));
+                let (add, added) = node.chain.add(&node.netns, &id, &pod);
+                level.add.push(add);
+                level.del.push(node.chain.del(&node.netns, &id, &pod, &added));
+            }
+        }
+        for (series, level) in out.iter_mut().zip(levels) {
+            series.push(level);
+        }
+    }
+    for node in &nodes {
+        // Not timed: two at a time, to get the reference's 1000 DELs done sooner.
+        std::thread::scope(|scope| {
+            for half in node.pods.chunks(node.pods.len().div_ceil(2).max(1)) {
+                let node = &*node;
+                scope.spawn(move || {
+                    for (pod, id, added) in half {
+                        node.chain.del(&node.netns, id, pod, added);
+                    }
+                });
+            }
+        });
+    }
+    out
+}
+
+/// nftables rules in the node netns, whoever made them (iptables-nft rules included).
+pub fn rule_count(node: &Netns) -> usize {
+    let ruleset = node.nft_json();
+    ruleset["nftables"].as_array().map_or(0, |objects| objects.iter().filter(|o| o.get("rule").is_some()).count())
+}

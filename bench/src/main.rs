@@ -1,0 +1,85 @@
+//! `make bench`: ADD/DEL latency of our chains against the reference Go plugins, side by side and interleaved,
+//! its growth with live pods, the floor (the same kernel work from one minimal process, and a bare
+//! fork+exec), and each plugin's peak RSS and stripped size. Everything runs in throwaway namespaces.
+//! Writes RESULTS.md and results.json into the output directory; bench/plot.py draws growth.png from the JSON.
+//!
+//!     cni-chain-bench [--quick] [--levels 1,100,500,1000] [--out DIR]
+
+mod exec;
+mod footprint;
+mod growth;
+mod latency;
+mod pod;
+mod report;
+mod setups;
+mod stats;
+
+use setups::{Chain, Floor, ForkExec, Subject};
+use std::path::PathBuf;
+
+struct Options {
+    out: PathBuf,
+    samples: usize,
+    levels: Vec<usize>,
+    growth_samples: usize,
+}
+
+fn options() -> Options {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let out =
+        args.iter().position(|a| a == "--out").and_then(|i| args.get(i + 1)).map_or("bench".into(), PathBuf::from);
+    let mut opts = if quick {
+        Options { out, samples: 10, levels: vec![1, 50], growth_samples: 5 }
+    } else {
+        Options { out, samples: 60, levels: vec![1, 100, 500, 1000], growth_samples: 20 }
+    };
+    if let Some(levels) = args.iter().position(|a| a == "--levels").and_then(|i| args.get(i + 1)) {
+        opts.levels = levels.split(',').map(|n| n.parse().expect("--levels 1,100,500")).collect();
+    }
+    opts
+}
+
+fn main() {
+    let opts = options();
+    let (ours_ptp, ours_chain) = (Chain::ours_ptp(), Chain::ours_chain());
+    let (ref_masq, ref_plain) = (Chain::reference_ptp(true), Chain::reference_ptp(false));
+    let (ours_portmap, ref_portmap) = (Chain::ours_with_portmap(), Chain::reference_with_portmap());
+    let chains = [&ours_ptp, &ours_chain, &ref_masq, &ref_plain, &ours_portmap, &ref_portmap];
+    // Measured first, while this process is small: see exec.rs.
+    let rss = footprint::peak_rss(&chains);
+
+    let floor = Floor::default();
+    let subjects: Vec<&dyn Subject> =
+        vec![&ours_ptp, &ours_chain, &ref_masq, &ref_plain, &ours_portmap, &ref_portmap, &floor, &ForkExec];
+    let keys =
+        ["ours_ptp", "ours_chain", "ref_ptp_masq", "ref_ptp", "ours_portmap", "ref_portmap", "floor", "fork_exec"];
+    eprintln!("latency: {} samples of {} subjects, interleaved", opts.samples, subjects.len());
+    let latency = latency::run(&subjects, opts.samples, 3);
+    let mut calls = std::collections::BTreeMap::new();
+    for chain in chains {
+        for (name, samples) in std::mem::take(&mut *chain.calls.lock().unwrap()) {
+            let all: &mut stats::Samples = calls.entry(name).or_default();
+            all.0.extend(samples.0);
+        }
+    }
+
+    eprintln!("growth: {:?} live pods", opts.levels);
+    let growing: [(&str, &dyn Subject); 3] =
+        [("ours_chain", &ours_chain), ("ref_ptp_masq", &ref_masq), ("floor", &floor)];
+    let growth = growth::run(&growing.map(|(_, s)| s), &opts.levels, opts.growth_samples);
+
+    let report = report::Report {
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        latency: keys.iter().zip(&subjects).zip(latency).map(|((k, s), l)| (*k, s.label(), l)).collect(),
+        growth: growing.iter().zip(growth).map(|((k, s), levels)| (*k, s.label(), levels)).collect(),
+        rss,
+        calls,
+        sizes: footprint::sizes(),
+    };
+    report.write(&opts.out);
+    if let Some((ours, reference)) = report.headline("ours_chain", "ref_ptp_masq") {
+        eprintln!("ADD+DEL median: ours {ours:.1} ms, reference {reference:.1} ms: {:.1}× faster", reference / ours);
+    }
+    eprintln!("wrote {}", opts.out.join("RESULTS.md").display());
+}

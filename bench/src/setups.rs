@@ -1,0 +1,240 @@
+//! What is measured: chains of plugin binaries with their configs, run the way libcni runs a conflist
+//! (ADD in order, each result the next one's prevResult; DEL in reverse with the final result), and the floor.
+
+use crate::exec;
+use crate::pod::PodNetns;
+use crate::stats::Samples;
+use integration::{bin_dir, Netns, TempDir, REFERENCE_DIR};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+pub struct Chain {
+    pub key: &'static str,
+    pub label: &'static str,
+    cni_path: String,
+    plugins: Vec<(PathBuf, Value)>,
+    _data: TempDir,
+    /// Peak RSS (KiB) seen per binary, as "ours ptp", "reference portmap"...
+    pub rss: Mutex<BTreeMap<String, u64>>,
+    /// Each call's time per binary and verb, as "ours ptp DEL".
+    pub calls: Mutex<BTreeMap<String, Samples>>,
+}
+
+/// What a measured ADD leaves for its DEL.
+pub enum Added {
+    Result(Value),
+    HostIfname(String),
+}
+
+/// Something with an ADD and a DEL to time, on a node, for one pod.
+pub trait Subject: Sync {
+    fn label(&self) -> &str;
+    fn add(&self, node: &Netns, id: &str, pod: &PodNetns) -> (Duration, Added);
+    fn del(&self, node: &Netns, id: &str, pod: &PodNetns, added: &Added) -> Duration;
+}
+
+fn ours(name: &str) -> PathBuf {
+    bin_dir().join(name)
+}
+
+fn reference(name: &str) -> PathBuf {
+    PathBuf::from(REFERENCE_DIR).join(name)
+}
+
+fn ptp(ip_masq: bool, data: &TempDir) -> Value {
+    json!({
+        "type": "ptp",
+        "ipMasq": ip_masq,
+        "ipam": {
+            "type": "host-local",
+            "dataDir": data.str(),
+            "ranges": [[{"subnet": "10.60.0.0/16"}]],
+            "routes": [{"dst": "0.0.0.0/0"}],
+        },
+    })
+}
+
+fn portmap() -> Value {
+    json!({"type": "portmap", "capabilities": {"portMappings": true},
+           "runtimeConfig": {"portMappings": [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]}})
+}
+
+impl Chain {
+    fn new(
+        key: &'static str,
+        label: &'static str,
+        reference_only: bool,
+        plugins: Vec<(PathBuf, Value)>,
+        data: TempDir,
+    ) -> Chain {
+        let cni_path =
+            if reference_only { REFERENCE_DIR.to_string() } else { format!("{}:{REFERENCE_DIR}", bin_dir().display()) };
+        Chain { key, label, cni_path, plugins, _data: data, rss: Mutex::default(), calls: Mutex::default() }
+    }
+
+    pub fn ours_ptp() -> Chain {
+        let data = TempDir::new("bench");
+        let plugins = vec![(ours("ptp"), ptp(false, &data))];
+        Chain::new("ours_ptp", "ours: ptp + host-local", false, plugins, data)
+    }
+
+    pub fn ours_chain() -> Chain {
+        let data = TempDir::new("bench");
+        let plugins = vec![
+            (ours("ptp"), ptp(false, &data)),
+            (ours("linkgroup"), json!({"type": "linkgroup", "group": 8})),
+            (ours("masquerade"), json!({"type": "masquerade", "mode": "group", "podGroup": 8, "excludeGroups": [9]})),
+        ];
+        Chain::new("ours_chain", "ours: ptp + linkgroup + masquerade + host-local", false, plugins, data)
+    }
+
+    pub fn reference_ptp(ip_masq: bool) -> Chain {
+        let data = TempDir::new("bench");
+        let plugins = vec![(reference("ptp"), ptp(ip_masq, &data))];
+        if ip_masq {
+            Chain::new("ref_ptp_masq", "reference: ptp (ipMasq) + host-local", true, plugins, data)
+        } else {
+            Chain::new("ref_ptp", "reference: ptp + host-local", true, plugins, data)
+        }
+    }
+
+    pub fn reference_with_portmap() -> Chain {
+        let data = TempDir::new("bench");
+        let plugins = vec![(reference("ptp"), ptp(true, &data)), (reference("portmap"), portmap())];
+        Chain::new("ref_portmap", "reference: ptp (ipMasq) + host-local + portmap", true, plugins, data)
+    }
+
+    pub fn ours_with_portmap() -> Chain {
+        let mut chain = Chain::ours_chain();
+        chain.plugins.push((reference("portmap"), portmap()));
+        chain.key = "ours_portmap";
+        chain.label = "ours: chain + host-local + reference portmap";
+        chain
+    }
+
+    fn config(&self, i: usize, prev: Option<&Value>) -> Vec<u8> {
+        let mut c = self.plugins[i].1.clone();
+        c["cniVersion"] = json!("1.0.0");
+        c["name"] = json!("bench");
+        if let Some(p) = prev {
+            c["prevResult"] = p.clone();
+        }
+        serde_json::to_vec(&c).unwrap()
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn call(
+        &self,
+        node: &Netns,
+        i: usize,
+        verb: &str,
+        id: &str,
+        pod: &PodNetns,
+        prev: Option<&Value>,
+        rss: bool,
+    ) -> exec::Run {
+        let env = [
+            ("CNI_COMMAND", verb),
+            ("CNI_CONTAINERID", id),
+            ("CNI_NETNS", pod.path()),
+            ("CNI_IFNAME", "eth0"),
+            ("CNI_PATH", &self.cni_path),
+        ];
+        let binary = &self.plugins[i].0;
+        let run = exec::run(node, binary, &[], &env, &self.config(i, prev), rss);
+        let out = String::from_utf8_lossy(&run.stdout);
+        assert!(run.status.success(), "{} {verb} failed: {out}", binary.display());
+        let who = if binary.starts_with(REFERENCE_DIR) { "reference" } else { "ours" };
+        let name = format!("{who} {}", binary.file_name().unwrap().to_string_lossy());
+        match run.max_rss_kib {
+            Some(kib) => {
+                let mut rss = self.rss.lock().unwrap();
+                let peak = rss.entry(name).or_default();
+                *peak = (*peak).max(kib);
+            }
+            None => self.calls.lock().unwrap().entry(format!("{name} {verb}")).or_default().push(run.elapsed),
+        }
+        run
+    }
+
+    /// ADD (timed, or with `rss` measured instead) through the whole chain.
+    pub fn add_with(&self, node: &Netns, id: &str, pod: &PodNetns, rss: bool) -> (Duration, Added) {
+        let (mut elapsed, mut prev) = (Duration::ZERO, None);
+        for i in 0..self.plugins.len() {
+            let run = self.call(node, i, "ADD", id, pod, prev.as_ref(), rss);
+            elapsed += run.elapsed;
+            prev = Some(serde_json::from_slice(&run.stdout).expect("a result"));
+        }
+        (elapsed, Added::Result(prev.unwrap()))
+    }
+
+    pub fn del_with(&self, node: &Netns, id: &str, pod: &PodNetns, added: &Added, rss: bool) -> Duration {
+        let Added::Result(result) = added else { unreachable!("a chain's ADD gives a result") };
+        (0..self.plugins.len()).rev().map(|i| self.call(node, i, "DEL", id, pod, Some(result), rss).elapsed).sum()
+    }
+}
+
+impl Subject for Chain {
+    fn label(&self) -> &str {
+        self.label
+    }
+
+    fn add(&self, node: &Netns, id: &str, pod: &PodNetns) -> (Duration, Added) {
+        self.add_with(node, id, pod, false)
+    }
+
+    fn del(&self, node: &Netns, id: &str, pod: &PodNetns, added: &Added) -> Duration {
+        self.del_with(node, id, pod, added, false)
+    }
+}
+
+/// The floor: cni-chain-floor does ADD's and DEL's kernel work in one process.
+#[derive(Default)]
+pub struct Floor {
+    pods: AtomicU32,
+}
+
+impl Subject for Floor {
+    fn label(&self) -> &str {
+        "floor: the same veth, addresses and routes from one minimal process"
+    }
+
+    fn add(&self, node: &Netns, _id: &str, pod: &PodNetns) -> (Duration, Added) {
+        let n = self.pods.fetch_add(1, Ordering::Relaxed);
+        let host = format!("floor{n}");
+        let cidr = format!("10.61.{}.{}/16", n / 250, n % 250 + 2);
+        let args = ["add", pod.path(), &host, &cidr, "10.61.0.1"];
+        let run = exec::run(node, &ours("cni-chain-floor"), &args, &[], b"", false);
+        assert!(run.status.success(), "cni-chain-floor {args:?} failed");
+        (run.elapsed, Added::HostIfname(host))
+    }
+
+    fn del(&self, node: &Netns, _id: &str, _pod: &PodNetns, added: &Added) -> Duration {
+        let Added::HostIfname(host) = added else { unreachable!("the floor's ADD gives its veth") };
+        let run = exec::run(node, &ours("cni-chain-floor"), &["del", host], &[], b"", false);
+        assert!(run.status.success(), "cni-chain-floor del {host} failed");
+        run.elapsed
+    }
+}
+
+/// A bare fork+exec of /bin/true in the node netns, as "ADD"; nothing as "DEL".
+pub struct ForkExec;
+
+impl Subject for ForkExec {
+    fn label(&self) -> &str {
+        "bare fork+exec (/bin/true)"
+    }
+
+    fn add(&self, node: &Netns, _id: &str, _pod: &PodNetns) -> (Duration, Added) {
+        let run = exec::run(node, std::path::Path::new("/bin/true"), &[], &[], b"", false);
+        (run.elapsed, Added::HostIfname(String::new()))
+    }
+
+    fn del(&self, _node: &Netns, _id: &str, _pod: &PodNetns, _added: &Added) -> Duration {
+        Duration::ZERO
+    }
+}
