@@ -37,7 +37,10 @@ pub fn run(chains: &[&dyn Subject], levels: &[usize], samples: usize) -> Vec<Vec
             .map(|n| Level { live, add: Samples::default(), del: Samples::default(), rules: rule_count(&n.netns) })
             .collect();
         for s in 0..samples {
-            for (node, level) in nodes.iter().zip(levels.iter_mut()) {
+            // Rotating, as in latency.rs.
+            for k in 0..nodes.len() {
+                let j = (s + k) % nodes.len();
+                let (node, level) = (&nodes[j], &mut levels[j]);
                 let (pod, id) = (PodNetns::new(), format!("extra-{live}-{s}"));
                 let (add, added) = node.chain.add(&node.netns, &id, &pod);
                 level.add.push(add);

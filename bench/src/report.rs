@@ -55,7 +55,7 @@ impl Report<'_> {
             md,
             "Times are wall-clock milliseconds from spawning the first plugin of a chain to reaping the last, as a \
              runtime sees them, summed over the chain's plugins. Every subject has its own node netns; every sample \
-             is a fresh pod netns; subjects take turns sample by sample, so drift hits all alike.\n"
+             is a fresh pod netns; subjects take turns sample by sample, in a rotating order, so drift hits all alike.\n"
         );
         let _ = writeln!(md, "## ADD and DEL latency\n");
         let _ = writeln!(md, "| chain | n | ADD median | ADD p95 | DEL median | DEL p95 | ADD+DEL median | against |");
