@@ -150,3 +150,26 @@ pub fn podman_import_busybox(jail: &Jail, node: &Netns, changes: &[&str], image:
     }
     stdout_of("podman import", cmd.arg(&tarball).arg(image).output().unwrap());
 }
+
+/// A node netns with an uplink to an "outside" host: 192.0.2.1/24 and 2001:db8::1/64 on the node's end,
+/// .2 and ::2 on the outside's.
+pub fn node_with_uplink() -> (Netns, Netns) {
+    let (node, outside) = (Netns::new(), Netns::new());
+    node.link_to(&outside, "uplink", &[("192.0.2.1/24", "192.0.2.2/24"), ("2001:db8::1/64", "2001:db8::2/64")], None);
+    (node, outside)
+}
+
+/// Copy the shipped conflist `name` (from conflists/) into `dir`.
+pub fn copy_shipped_conflist(name: &str, dir: &Path) {
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../conflists").join(name);
+    std::fs::copy(shipped, dir.join(name)).unwrap();
+}
+
+/// A runtime's CNI directories in the jail: one bin dir with ours and the reference plugins (containerd's CRI
+/// also runs the reference loopback), and a conf dir holding the shipped `conflist` alone.
+pub fn cni_dirs(jail: &Jail, conflist: &str) -> (PathBuf, PathBuf) {
+    let (bin, conf) = (jail.subdir("cni-bin"), jail.subdir("cni-conf"));
+    plugin_dir(&bin);
+    copy_shipped_conflist(conflist, &conf);
+    (bin, conf)
+}

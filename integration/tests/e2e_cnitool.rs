@@ -3,6 +3,7 @@
 //! and a private mount namespace whose /var/lib is the test's directory, so its result cache and host-local's
 //! default store never touch the machine's /var/lib/cni. cnitool 1.1.2 has no GC or STATUS.
 
+use integration::runtimes::{copy_shipped_conflist, node_with_uplink};
 use integration::{cni_path, Chain, Netns, TempDir};
 use serde_json::{json, Value};
 use std::net::IpAddr;
@@ -24,11 +25,9 @@ struct Site {
 }
 
 fn site(conflist: &str) -> Site {
-    let (node, outside) = (Netns::new(), Netns::new());
-    node.link_to(&outside, "uplink", &[("192.0.2.1/24", "192.0.2.2/24"), ("2001:db8::1/64", "2001:db8::2/64")], None);
+    let (node, outside) = node_with_uplink();
     let conf_dir = TempDir::new("cnitool-conf");
-    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../conflists").join(conflist);
-    std::fs::copy(shipped, conf_dir.path().join(conflist)).unwrap();
+    copy_shipped_conflist(conflist, conf_dir.path());
     Site { node, outside, conf_dir, var_lib: TempDir::new("cnitool-varlib") }
 }
 

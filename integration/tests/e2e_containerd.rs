@@ -4,7 +4,7 @@
 //! scripts/e2e/cri.py (Debian 12 has no crictl). containerd calls DEL twice on teardown, the second
 //! time with no netns and no prevResult: nothing may be left after either.
 
-use integration::runtimes::{plugin_dir, podman, podman_conf, podman_import_busybox, stdout_of, Jail};
+use integration::runtimes::{cni_dirs, node_with_uplink, podman, podman_conf, podman_import_busybox, stdout_of, Jail};
 use integration::{file_names, reservations_in, Netns};
 use serde_json::Value;
 use std::net::IpAddr;
@@ -24,19 +24,9 @@ struct Containerd {
 
 impl Containerd {
     fn new(conflist: &str) -> Containerd {
-        let (node, outside) = (Netns::new(), Netns::new());
-        node.link_to(
-            &outside,
-            "uplink",
-            &[("192.0.2.1/24", "192.0.2.2/24"), ("2001:db8::1/64", "2001:db8::2/64")],
-            None,
-        );
+        let (node, outside) = node_with_uplink();
         let jail = Jail::new("containerd");
-        let (bin, conf) = (jail.subdir("cni-bin"), jail.subdir("cni-conf"));
-        // containerd's CRI also runs its own loopback network: the reference loopback is in this dir too.
-        plugin_dir(&bin);
-        let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../conflists").join(conflist);
-        std::fs::copy(shipped, conf.join(conflist)).unwrap();
+        let (bin, conf) = cni_dirs(&jail, conflist);
         let socket = jail.dir.path().join("containerd.sock");
         let config = format!(
             r#"version = 2

@@ -2,10 +2,9 @@
 //! the test's node netns and a private mount namespace (see `integration::runtimes`), with a private
 //! containers.conf, storage and run directory: the machine's own Podman state is never touched.
 
-use integration::runtimes::{plugin_dir, podman, podman_conf, podman_import_busybox, stdout_of, Jail};
+use integration::runtimes::{cni_dirs, node_with_uplink, podman, podman_conf, podman_import_busybox, stdout_of, Jail};
 use integration::{file_names, reservations_in, Netns};
 use std::net::IpAddr;
-use std::path::Path;
 use std::process::Command;
 
 struct Podman {
@@ -17,18 +16,9 @@ struct Podman {
 impl Podman {
     /// Podman with the shipped `conflist`, on a node with an uplink to an outside host.
     fn new(conflist: &str) -> Podman {
-        let (node, outside) = (Netns::new(), Netns::new());
-        node.link_to(
-            &outside,
-            "uplink",
-            &[("192.0.2.1/24", "192.0.2.2/24"), ("2001:db8::1/64", "2001:db8::2/64")],
-            None,
-        );
+        let (node, outside) = node_with_uplink();
         let jail = Jail::new("podman");
-        let (bin, conf) = (jail.subdir("cni-bin"), jail.subdir("cni-conf"));
-        plugin_dir(&bin);
-        let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../conflists").join(conflist);
-        std::fs::copy(shipped, conf.join(conflist)).unwrap();
+        let (bin, conf) = cni_dirs(&jail, conflist);
         podman_conf(&jail, Some((&bin, &conf)));
         let podman = Podman { jail, node, outside };
         let changes = [r#"CMD ["/bin/sh"]"#, "ENV PATH=/bin"];
