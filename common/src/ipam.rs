@@ -5,6 +5,7 @@ use crate::invocation::{Command, Invocation};
 use crate::types::CniResult;
 use serde::Deserialize;
 use std::io::Write;
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command as Process, Stdio};
 
@@ -44,7 +45,9 @@ pub struct Pending {
 pub fn start(inv: &Invocation, command: Command) -> Result<Pending> {
     let kind = ipam_type(inv)?;
     let bin = find_plugin(inv, kind)?;
-    let mut child = Process::new(&bin)
+    let mut process = Process::new(&bin);
+    die_with_parent(&mut process);
+    let mut child = process
         .env("CNI_COMMAND", command.as_str())
         .env("CNI_CONTAINERID", &inv.container_id)
         .env("CNI_NETNS", &inv.netns)
@@ -60,6 +63,25 @@ pub fn start(inv: &Invocation, command: Command) -> Result<Pending> {
         let _ = stdin.write_all(inv.config.raw());
     }
     Ok(Pending { kind: kind.to_string(), command, child })
+}
+
+/// The IPAM plugin is killed if we are (a runtime's timeout sends SIGKILL to us alone): left running, it
+/// could reserve an address after the runtime's DEL has already released the attachment's.
+fn die_with_parent(process: &mut Process) {
+    let parent = std::process::id() as nix::libc::pid_t;
+    // SAFETY: prctl and getppid are async-signal-safe syscalls, fine between fork and exec.
+    unsafe {
+        process.pre_exec(move || {
+            if nix::libc::prctl(nix::libc::PR_SET_PDEATHSIG, nix::libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // We may have died before the prctl: then nobody waits for this call.
+            if nix::libc::getppid() != parent {
+                return Err(std::io::Error::other("the calling plugin is gone"));
+            }
+            Ok(())
+        });
+    }
 }
 
 impl Pending {

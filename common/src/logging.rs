@@ -11,8 +11,8 @@ pub fn init(config: &Config) {
     let mut builder = env_logger::Builder::new();
     builder.parse_filters(&filter.to_ascii_lowercase()).format_timestamp_millis();
     let target = config.net.log_file.as_deref().filter(|p| !p.is_empty()).and_then(|path| {
-        // 0600: logs name containers and addresses.
-        OpenOptions::new().create(true).append(true).mode(0o600).open(path).ok()
+        // 0600: logs name containers and addresses. Never through a symlink: we write as root.
+        OpenOptions::new().create(true).append(true).mode(0o600).custom_flags(nix::libc::O_NOFOLLOW).open(path).ok()
     });
     match target {
         Some(file) => builder.target(env_logger::Target::Pipe(Box::new(file))),

@@ -5,10 +5,11 @@
 use crate::error::{CniError, Result};
 use nix::sched::{setns, CloneFlags};
 use std::fs::File;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd};
 
 const NSFS_MAGIC: i64 = 0x6e73_6673;
-const PROC_SUPER_MAGIC: i64 = 0x9fa0;
+/// `NS_GET_NSTYPE` from linux/nsfs.h: `_IO(0xb7, 0x3)`.
+const NS_GET_NSTYPE: nix::libc::c_ulong = 0xb703;
 
 /// An open network namespace.
 #[derive(Debug)]
@@ -18,18 +19,41 @@ pub struct Netns {
 }
 
 impl Netns {
-    /// Open the netns at `path`; a path that does not exist is `NetnsMissing` (DEL tolerates it).
+    /// Open the netns at `path`; a path that does not exist is `NetnsMissing` (DEL tolerates it), and
+    /// anything but a network namespace file (a regular file, a symlink to one, a mount namespace) is
+    /// refused as a bad CNI_NETNS.
     pub fn open(path: &str) -> Result<Self> {
         let file = File::open(path).map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => CniError::NetnsMissing(path.to_string()),
             _ => CniError::Netns(format!("opening {path}: {e}")),
         })?;
+        let not_a_netns = || CniError::InvalidEnv(format!("CNI_NETNS {path} is not a network namespace"));
         let fs = nix::sys::statfs::fstatfs(&file).map_err(|e| CniError::Netns(format!("statfs {path}: {e}")))?;
-        let magic = fs.filesystem_type().0 as i64;
-        if magic != NSFS_MAGIC && magic != PROC_SUPER_MAGIC {
-            return Err(CniError::Netns(format!("{path} is not a network namespace file (nsfs)")));
+        if fs.filesystem_type().0 as i64 != NSFS_MAGIC {
+            return Err(not_a_netns());
+        }
+        // SAFETY: NS_GET_NSTYPE takes no argument and only reads the namespace behind the fd.
+        let kind = unsafe { nix::libc::ioctl(file.as_raw_fd(), NS_GET_NSTYPE as _) };
+        if kind != nix::libc::CLONE_NEWNET {
+            return Err(not_a_netns());
         }
         Ok(Netns { file, path: path.to_string() })
+    }
+
+    /// DEL's view of CNI_NETNS: none given or gone is `None` (DEL still cleans the node); anything else
+    /// that is not a network namespace is an error, so a bad path changes nothing.
+    pub fn open_for_del(path: &str) -> Result<Option<Self>> {
+        if path.is_empty() {
+            return Ok(None);
+        }
+        match Netns::open(path) {
+            Ok(ns) => Ok(Some(ns)),
+            Err(CniError::NetnsMissing(_)) => {
+                log::info!("DEL without the pod netns: {path} is gone");
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// The calling thread's current netns.

@@ -4,6 +4,7 @@
 use crate::conf::Config;
 use crate::error::{CniError, Result};
 use crate::invocation::{Command, Env, Invocation};
+use crate::netns::Netns;
 use crate::types::CniResult;
 use crate::version::{CniVersion, SUPPORTED};
 use serde_json::{json, Value};
@@ -62,6 +63,10 @@ fn serve<P: Plugin>(env: &Env<impl Fn(&str) -> Option<String>>) -> std::result::
     let version = config.version.as_str();
     crate::logging::init(&config);
     let inv = env.invocation(command, config).map_err(|e| (version, e))?;
+    if matches!(command, Command::Add | Command::Check | Command::Del) {
+        // A CNI_NETNS that is not a netns (a regular file, a symlink to one) is refused before any change.
+        Netns::open_for_del(&inv.netns).map_err(|e| (version, e))?;
+    }
     log::debug!(
         "{} {} container={} ifname={} netns={}",
         inv.config.net.kind,

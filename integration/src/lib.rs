@@ -247,6 +247,42 @@ impl Netns {
             .unwrap_or_default()
     }
 
+    /// Everything a plugin could change in this netns, as text to compare before and after: links (with
+    /// groups and aliases), addresses, routes and rules of every table, the whole nftables ruleset.
+    pub fn state(&self) -> String {
+        let mut out = String::new();
+        for args in [
+            &["-d", "link", "show"][..],
+            &["addr", "show"],
+            &["-4", "route", "show", "table", "all"],
+            &["-6", "route", "show", "table", "all"],
+            &["-4", "rule", "show"],
+            &["-6", "rule", "show"],
+        ] {
+            out += &format!("## ip {}\n{}\n", args.join(" "), self.ip(args));
+        }
+        out + "## nft list ruleset\n" + &self.nft(&["list", "ruleset"])
+    }
+
+    /// Foreign state for a test to prove it untouched: a veth pair, one end in group 9 with an address, a route in
+    /// table 100 and a rule to it, and an nftables table with a chain, a rule and a set element.
+    pub fn add_foreign_state(&self) {
+        // A veth: this kernel has no dummy module.
+        self.ip(&["link", "add", "foreign0", "type", "veth", "peer", "name", "foreign1"]);
+        self.ip(&["link", "set", "foreign0", "group", "9", "alias", "not cni-chain's", "up"]);
+        self.ip(&["addr", "add", "198.51.100.1/24", "dev", "foreign0"]);
+        self.ip(&["route", "add", "203.0.113.0/24", "via", "198.51.100.2", "table", "100"]);
+        self.ip(&["rule", "add", "from", "198.51.100.0/24", "table", "100", "priority", "500"]);
+        let script = "table inet foreign {
+            set blocked { type ipv4_addr; elements = { 203.0.113.9 }; }
+            chain input { type filter hook input priority 0; ip saddr @blocked drop; }
+            chain postrouting { type nat hook postrouting priority 100; oifgroup 9 masquerade; }
+        }";
+        let mut child = self.command("nft").args(["-f", "-"]).stdin(Stdio::piped()).spawn().expect("run nft");
+        child.stdin.take().unwrap().write_all(script.as_bytes()).unwrap();
+        assert!(child.wait().unwrap().success(), "nft -f: {script}");
+    }
+
     /// One ping to `addr`; true if answered.
     pub fn ping(&self, addr: &str) -> bool {
         self.command("ping")
@@ -287,6 +323,32 @@ pub fn file_names(dir: &Path) -> Vec<String> {
 /// lock, cursors or our index.
 pub fn reservations_in(store: &Path) -> Vec<String> {
     file_names(store).into_iter().filter(|f| f.parse::<std::net::IpAddr>().is_ok()).collect()
+}
+
+/// Every file and directory below `dir` with its mode and content (symlinks as their target), sorted, to
+/// compare before and after.
+pub fn tree_state(dir: &Path) -> String {
+    use std::os::unix::fs::MetadataExt;
+    let mut lines = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let path = entry.path();
+            let Ok(meta) = std::fs::symlink_metadata(&path) else { continue };
+            let name = path.strip_prefix(dir).unwrap().display().to_string();
+            let what = if meta.file_type().is_symlink() {
+                format!("-> {}", std::fs::read_link(&path).unwrap().display())
+            } else if meta.is_dir() {
+                todo.push(path.clone());
+                "/".into()
+            } else {
+                format!("{:?}", std::fs::read_to_string(&path).unwrap_or_default())
+            };
+            lines.push(format!("{name} {:o} {what}", meta.mode()));
+        }
+    }
+    lines.sort();
+    lines.join("\n")
 }
 
 /// A temporary directory removed on drop.
@@ -400,9 +462,14 @@ impl<'a> Call<'a> {
     /// As `run`, letting the caller adjust the process (e.g. a private mount namespace).
     pub fn run_with(&self, node: &Netns, stdin: &[u8], adjust: impl FnOnce(&mut Command)) -> Reply {
         let bin = plugin_path(self.plugin);
+        // Ours get a PATH with nothing in it: they run no shell and no tool (only IPAM, from CNI_PATH).
+        let path = match bin.starts_with(bin_dir()) {
+            true => "/nonexistent/cni-chain-runs-no-tools".to_string(),
+            false => std::env::var("PATH").unwrap_or_default(),
+        };
         let mut cmd = node.command(bin);
         cmd.env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("PATH", path)
             .env("CNI_COMMAND", self.command)
             .env("CNI_CONTAINERID", self.container_id)
             .env("CNI_NETNS", self.netns)

@@ -245,7 +245,7 @@ fn bad_input_gets_the_right_code_and_changes_nothing() {
     // A netns path that is a regular file is refused, never entered.
     let file = data.path().join("not-a-netns");
     std::fs::write(&file, "").unwrap();
-    let msg = Call::new("ptp", "ADD", "bad", file.to_str().unwrap()).run(&node, &conf).err(101);
+    let msg = Call::new("ptp", "ADD", "bad", file.to_str().unwrap()).run(&node, &conf).err(4);
     assert!(msg.contains("not a network namespace"), "{msg}");
     Call::new("ptp", "ADD", "bad", "/nonexistent/netns").run(&node, &conf).err(3);
     // A bare IP where prevResult needs a CIDR.

@@ -171,18 +171,16 @@ impl Plugin for EgressV4 {
 /// DEL's work: host veth by name (also without the netns), SNAT element by tag, IPAM reservation.
 fn cleanup(inv: &Invocation, s: &Settings) -> Result<()> {
     let n = names(inv, s)?;
-    // A missing or unusable netns is normal for DEL: the host end is found by name.
-    let pod = match inv.netns.as_str() {
-        "" => None,
-        path => Netns::open(path).map_err(|e| log::info!("DEL without the pod netns: {e}")).ok(),
-    };
-    // IPAM releases the address while the kernel deletes the veth (an RCU wait that dominates DEL).
-    let addresses = ipam_configured(inv).then(|| ipam::start(inv, Command::Del));
+    // A missing netns is normal for DEL: the host end is found by name.
+    let pod = Netns::open_for_del(&inv.netns)?;
+    // IPAM releases the address while the kernel deletes the veth (an RCU wait that dominates DEL); an IPAM
+    // plugin that cannot even start stops DEL before it changes anything.
+    let addresses = ipam_configured(inv).then(|| ipam::start(inv, Command::Del)).transpose()?;
     let rtnl = Rtnl::new()?;
     let node = rtnl.connect()?;
     let links = p2p::teardown(&rtnl, &node, &n.host_ifname, &n.tag, pod.as_ref(), &s.if_name);
     let nat = Nft::open().and_then(|mut nft| snat::del(&mut nft, DEFAULT_TABLE, &n.tag));
-    let addresses = addresses.map_or(Ok(()), |p| p.and_then(ipam::Pending::finish).map(|_| ()));
+    let addresses = addresses.map_or(Ok(()), |p| p.finish().map(|_| ()));
     links.and(nat).and(addresses)
 }
 

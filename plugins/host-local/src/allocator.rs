@@ -148,11 +148,9 @@ pub fn gc(store: &Store, valid: &[Attachment]) -> Result<Vec<IpAddr>> {
             released.push(r.ip);
         }
     }
-    for (container_id, ifname) in store.indexed_attachments() {
-        if !valid.iter().any(|a| a.container_id.trim() == container_id && a.ifname == ifname) {
-            store.unindex(&container_id, &ifname)?;
-        }
-    }
+    store.sweep(|container_id, ifname| {
+        valid.iter().any(|a| a.container_id.trim() == container_id && a.ifname == ifname)
+    })?;
     Ok(released)
 }
 

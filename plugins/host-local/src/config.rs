@@ -133,6 +133,7 @@ pub fn settings(inv: &Invocation) -> Result<Settings> {
     }
 
     let data_dir = PathBuf::from(ipam.data_dir.filter(|d| !d.is_empty()).unwrap_or_else(|| DEFAULT_DATA_DIR.into()));
+    crate::store::refuse_symlink(&data_dir, "dataDir")?;
     let resolv_conf = ipam.resolv_conf.filter(|p| !p.is_empty()).map(PathBuf::from);
     Ok(Settings { network, data_dir, range_sets, routes: ipam.routes, resolv_conf, requested })
 }

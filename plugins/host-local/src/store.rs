@@ -18,6 +18,12 @@ const LAST_RESERVED: &str = "last_reserved_ip.";
 /// The reference reads every file below the store, this directory's too, but only acts on files whose
 /// content is an attachment's `<containerID>\r\n<ifname>` or whose name is an address: an index entry is neither.
 const INDEX_DIR: &str = ".cni-chain-attachments";
+/// Files are written to `<name>.tmp` and renamed, so a plugin killed mid-write leaves the old content or the
+/// new, never half; a `.tmp` left by a kill is swept by GC.
+const TMP_SUFFIX: &str = ".tmp";
+/// Container IDs and addresses are nobody else's business: only root reads the store.
+const DIR_MODE: u32 = 0o700;
+const FILE_MODE: u32 = 0o600;
 
 /// Who holds an address: the attachment, or only the container for files in the older format.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,17 +57,54 @@ fn io(what: &str, path: &Path, e: std::io::Error) -> CniError {
     CniError::Io(format!("{what} {}: {e}", path.display()))
 }
 
+/// The store is only ever reached through real directories: a symlink there could point a root process
+/// at any file of the node.
+pub fn refuse_symlink(path: &Path, what: &str) -> Result<()> {
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() => {
+            Err(CniError::InvalidConfig(format!("{what} {} is a symlink; give the real directory", path.display())))
+        }
+        _ => Ok(()),
+    }
+}
+
+fn create_dir(dir: &Path) -> Result<()> {
+    DirBuilder::new().recursive(true).mode(DIR_MODE).create(dir).map_err(|e| io("creating", dir, e))
+}
+
+/// Replace `path`'s content in one step (write a temporary file, then rename it over).
+fn write_atomic(path: &Path, content: &str) -> Result<()> {
+    let mut tmp_name = path.as_os_str().to_owned();
+    tmp_name.push(TMP_SUFFIX);
+    let tmp = PathBuf::from(tmp_name);
+    let written = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(FILE_MODE)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(&tmp)
+        .and_then(|mut f| f.write_all(content.as_bytes()));
+    if let Err(e) = written.and_then(|_| fs::rename(&tmp, path)) {
+        let _ = fs::remove_file(&tmp);
+        return Err(io("writing", path, e));
+    }
+    Ok(())
+}
+
 impl Store {
     /// Open (creating it) the network's directory and take its lock.
     pub fn open(data_dir: &Path, network: &str) -> Result<Store> {
         let dir = data_dir.join(network);
-        DirBuilder::new().recursive(true).mode(0o755).create(&dir).map_err(|e| io("creating", &dir, e))?;
+        refuse_symlink(&dir, "the network's store")?;
+        create_dir(&dir)?;
         Store::lock(dir)
     }
 
     /// As `open`, but `None` when nothing was ever stored (DEL and GC create nothing).
     pub fn open_existing(data_dir: &Path, network: &str) -> Result<Option<Store>> {
         let dir = data_dir.join(network);
+        refuse_symlink(&dir, "the network's store")?;
         if !dir.is_dir() {
             return Ok(None);
         }
@@ -75,7 +118,8 @@ impl Store {
             .write(true)
             .create(true)
             .truncate(false)
-            .mode(0o644)
+            .mode(FILE_MODE)
+            .custom_flags(nix::libc::O_NOFOLLOW)
             .open(&path)
             .map_err(|e| io("opening", &path, e))?;
         file.lock().map_err(|e| io("locking", &path, e))?;
@@ -98,7 +142,7 @@ impl Store {
     /// Reserve `ip` for the attachment unless someone holds it; `false` when taken.
     pub fn reserve(&self, ip: IpAddr, container_id: &str, ifname: &str, range_set: usize) -> Result<bool> {
         let path = self.dir.join(ip.to_string());
-        let mut file = match OpenOptions::new().write(true).create_new(true).mode(0o644).open(&path) {
+        let mut file = match OpenOptions::new().write(true).create_new(true).mode(FILE_MODE).open(&path) {
             Ok(f) => f,
             Err(e) if e.kind() == ErrorKind::AlreadyExists => return Ok(false),
             Err(e) => return Err(io("creating", &path, e)),
@@ -107,8 +151,7 @@ impl Store {
             let _ = fs::remove_file(&path);
             return Err(io("writing", &path, e));
         }
-        let last = self.dir.join(format!("{LAST_RESERVED}{range_set}"));
-        fs::write(&last, ip.to_string()).map_err(|e| io("writing", &last, e))?;
+        write_atomic(&self.dir.join(format!("{LAST_RESERVED}{range_set}")), &ip.to_string())?;
         Ok(true)
     }
 
@@ -141,11 +184,9 @@ impl Store {
 
     /// Record what the attachment holds (under the lock, after its files were written).
     pub fn index(&self, container_id: &str, ifname: &str, ips: &[IpAddr]) -> Result<()> {
-        let dir = self.dir.join(INDEX_DIR);
-        DirBuilder::new().recursive(true).mode(0o755).create(&dir).map_err(|e| io("creating", &dir, e))?;
+        create_dir(&self.dir.join(INDEX_DIR))?;
         let entry = IndexEntry { container_id: container_id.trim().into(), ifname: ifname.into(), ips: ips.to_vec() };
-        let path = self.index_path(container_id, ifname);
-        fs::write(&path, entry.to_string()).map_err(|e| io("writing", &path, e))
+        write_atomic(&self.index_path(container_id, ifname), &entry.to_string())
     }
 
     /// Drop the attachment's entry, and the index directory with its last entry.
@@ -161,14 +202,27 @@ impl Store {
         }
     }
 
-    /// The attachments that have an index entry, for GC.
-    pub fn indexed_attachments(&self) -> Vec<(String, String)> {
-        let Ok(entries) = fs::read_dir(self.dir.join(INDEX_DIR)) else { return Vec::new() };
-        entries
+    /// GC: drop every index entry that is not of a `valid` attachment, unreadable entries and temporary
+    /// files left by a killed writer among them (under the lock, nothing else is writing).
+    pub fn sweep(&self, valid: impl Fn(&str, &str) -> bool) -> Result<()> {
+        let index = self.dir.join(INDEX_DIR);
+        let stale_entries = fs::read_dir(&index).into_iter().flatten().flatten().filter(|e| {
+            let entry = fs::read_to_string(e.path()).ok().and_then(|t| IndexEntry::parse(&t));
+            !entry.is_some_and(|entry| valid(&entry.container_id, &entry.ifname))
+        });
+        let temporaries = fs::read_dir(&self.dir)
+            .map_err(|e| io("reading", &self.dir, e))?
             .flatten()
-            .filter_map(|e| IndexEntry::parse(&fs::read_to_string(e.path()).ok()?))
-            .map(|e| (e.container_id, e.ifname))
-            .collect()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(TMP_SUFFIX));
+        for e in stale_entries.chain(temporaries) {
+            let path = e.path();
+            match fs::remove_file(&path) {
+                Err(err) if err.kind() != ErrorKind::NotFound => return Err(io("removing", &path, err)),
+                _ => {}
+            }
+        }
+        let _ = fs::remove_dir(&index);
+        Ok(())
     }
 
     pub fn release(&self, ip: IpAddr) -> Result<()> {
@@ -278,6 +332,36 @@ mod tests {
         assert_eq!(held_by(&store, "c2", "eth0"), ["10.0.0.3".parse::<IpAddr>().unwrap()]);
         assert_eq!(held_by(&store, "c2", "net1"), ["10.0.0.4".parse::<IpAddr>().unwrap()]);
         assert!(held_by(&store, "c3", "eth0").is_empty());
+    }
+
+    #[test]
+    fn the_store_is_private_reached_through_no_symlink_and_gc_sweeps_what_a_kill_left() {
+        use std::os::unix::fs::PermissionsExt;
+        let data = tmp();
+        let store = Store::open(&data, "net").unwrap();
+        store.reserve("10.0.0.2".parse().unwrap(), "c1", "eth0", 0).unwrap();
+        store.index("c1", "eth0", &["10.0.0.2".parse().unwrap()]).unwrap();
+        let dir = data.join("net");
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir), 0o700);
+        for f in ["10.0.0.2", "lock", "last_reserved_ip.0"] {
+            assert_eq!(mode(&dir.join(f)), 0o600, "{f}");
+        }
+        // What a writer killed mid-way leaves: a temporary file and a half-written index entry.
+        fs::write(dir.join("last_reserved_ip.0.tmp"), "10.0").unwrap();
+        fs::write(dir.join(INDEX_DIR).join("00000000deadbeef"), "c9\n").unwrap();
+        store.sweep(|id, ifname| id == "c1" && ifname == "eth0").unwrap();
+        assert_eq!(fs::read_dir(dir.join(INDEX_DIR)).unwrap().count(), 1, "only c1's entry is left");
+        assert!(!dir.join("last_reserved_ip.0.tmp").exists());
+        drop(store);
+        let elsewhere = data.with_extension("elsewhere");
+        fs::create_dir_all(&elsewhere).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, data.join("linked")).unwrap();
+        assert_eq!(Store::open(&data, "linked").err().map(|e| e.code()), Some(7));
+        assert_eq!(refuse_symlink(&data.join("linked"), "dataDir").unwrap_err().code(), 7);
+        assert!(fs::read_dir(&elsewhere).unwrap().next().is_none(), "nothing was written through the link");
+        fs::remove_dir_all(&data).unwrap();
+        fs::remove_dir_all(&elsewhere).unwrap();
     }
 
     #[test]

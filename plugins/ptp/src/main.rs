@@ -86,18 +86,16 @@ impl Plugin for Ptp {
         let s = settings(inv)?;
         let host_ifname = names::host_ifname(&s.veth_prefix, &inv.container_id, &inv.ifname)?;
         let alias = owner(inv).alias(&inv.container_id, &inv.ifname)?;
-        // A missing or unusable netns is normal for DEL: the host end is found by name.
-        let pod = match inv.netns.as_str() {
-            "" => None,
-            path => Netns::open(path).map_err(|e| log::info!("DEL without the pod netns: {e}")).ok(),
-        };
-        // IPAM releases the addresses while the kernel deletes the veth (an RCU wait that dominates DEL).
-        let addresses = ipam::start(inv, Command::Del);
+        // A missing netns is normal for DEL: the host end is found by name.
+        let pod = Netns::open_for_del(&inv.netns)?;
+        // IPAM releases the addresses while the kernel deletes the veth (an RCU wait that dominates DEL). An
+        // IPAM plugin that cannot even start (a bad ipam.type) stops DEL before it changes anything.
+        let addresses = ipam::start(inv, Command::Del)?;
         let rtnl = Rtnl::new()?;
         let node = rtnl.connect()?;
         let links = p2p::teardown(&rtnl, &node, &host_ifname, &alias, pod.as_ref(), &inv.ifname);
         let masq = if s.ip_masq { Nft::open().and_then(|mut nft| MASQ.del(&mut nft, &alias)) } else { Ok(()) };
-        let addresses = addresses.and_then(ipam::Pending::finish).map(|_| ());
+        let addresses = addresses.finish().map(|_| ());
         links.and(masq).and(addresses)
     }
 
