@@ -264,6 +264,18 @@ impl Netns {
         out + "## nft list ruleset\n" + &self.nft(&["list", "ruleset"])
     }
 
+    /// `state` once the kernel's own changes are done: IPv6 duplicate address detection on every link.
+    pub fn settled_state(&self) -> String {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let state = self.state();
+            if !state.contains("tentative") || std::time::Instant::now() > deadline {
+                return state;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
     /// Foreign state for a test to prove it untouched: a veth pair, one end in group 9 with an address, a route in
     /// table 100 and a rule to it, and an nftables table with a chain, a rule and a set element.
     pub fn add_foreign_state(&self) {
@@ -349,6 +361,18 @@ pub fn tree_state(dir: &Path) -> String {
     }
     lines.sort();
     lines.join("\n")
+}
+
+/// Panic with the lines that differ (`-` before, `+` after) unless the two states are the same.
+pub fn assert_same_state(before: &str, after: &str, context: &str) {
+    if before == after {
+        return;
+    }
+    let old: std::collections::HashSet<&str> = before.lines().collect();
+    let new: std::collections::HashSet<&str> = after.lines().collect();
+    let gone = before.lines().filter(|l| !new.contains(l)).map(|l| format!("- {l}"));
+    let came = after.lines().filter(|l| !old.contains(l)).map(|l| format!("+ {l}"));
+    panic!("{context} changed the host:\n{}", gone.chain(came).collect::<Vec<_>>().join("\n"));
 }
 
 /// A temporary directory removed on drop.
@@ -461,6 +485,12 @@ impl<'a> Call<'a> {
 
     /// As `run`, letting the caller adjust the process (e.g. a private mount namespace).
     pub fn run_with(&self, node: &Netns, stdin: &[u8], adjust: impl FnOnce(&mut Command)) -> Reply {
+        let child = self.spawn_with(node, stdin, adjust);
+        Reply::from(child.wait_with_output().expect("wait plugin"))
+    }
+
+    /// Start the plugin with all of `stdin` written, without waiting for it.
+    pub fn spawn_with(&self, node: &Netns, stdin: &[u8], adjust: impl FnOnce(&mut Command)) -> std::process::Child {
         let bin = plugin_path(self.plugin);
         // Ours get a PATH with nothing in it: they run no shell and no tool (only IPAM, from CNI_PATH).
         let path = match bin.starts_with(bin_dir()) {
@@ -485,7 +515,7 @@ impl<'a> Call<'a> {
         adjust(&mut cmd);
         let mut child = cmd.spawn().expect("spawn plugin");
         let _ = child.stdin.take().unwrap().write_all(stdin);
-        Reply::from(child.wait_with_output().expect("wait plugin"))
+        child
     }
 }
 

@@ -4,7 +4,7 @@
 //! The node also holds foreign state (a link, a route, a rule, an nftables table) that must stay untouched.
 
 use integration::runtimes::node_with_uplink;
-use integration::{tree_state, Call, Chain, Netns, TempDir};
+use integration::{assert_same_state, tree_state, Call, Chain, Netns, TempDir};
 use serde_json::{json, Value};
 use std::path::Path;
 
@@ -223,15 +223,10 @@ fn bad_input_to_every_plugin_and_verb_gets_its_code_and_changes_nothing() {
     let snapshot = || {
         [node.state(), masq.pod.state(), v6.pod.state(), tree_state(stores.path()), tree_state(junk.path())].join("\n")
     };
-    // The kernel's own changes first: IPv6 duplicate address detection finishing on every link.
-    let mut before = snapshot();
-    for _ in 0..100 {
-        if !before.contains("tentative") {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-        before = snapshot();
+    for ns in [&node, &masq.pod, &v6.pod] {
+        ns.settled_state();
     }
+    let before = snapshot();
 
     // (plugin, whether it uses IPAM, the live attachment, its index in the chain)
     let targets = [
@@ -280,10 +275,7 @@ fn bad_input_to_every_plugin_and_verb_gets_its_code_and_changes_nothing() {
                     .unwrap_or_else(|e| panic!("{context}: stdout is not a CNI error ({e}): {:?}", reply.stdout));
                 assert_eq!(got["code"], case.code, "{context}: {got}");
                 assert!(got["msg"].as_str().is_some_and(|m| !m.is_empty()), "{context}: no message: {got}");
-                let after = snapshot();
-                if after != before {
-                    panic!("{context} changed the host:\n{}", diff(&before, &after));
-                }
+                assert_same_state(&before, &snapshot(), &context);
                 calls += 1;
             }
         }
@@ -297,13 +289,4 @@ fn bad_input_to_every_plugin_and_verb_gets_its_code_and_changes_nothing() {
     }
     assert_eq!(node.veths(), ["uplink", "foreign1", "foreign0"], "only the test's own veths are left");
     assert!(integration::reservations_in(&stores.path().join("live-masq-0/cni-chain-masq")).is_empty());
-}
-
-/// The lines of `after` that differ from `before`, for a readable failure.
-fn diff(before: &str, after: &str) -> String {
-    let old: std::collections::HashSet<&str> = before.lines().collect();
-    let new: std::collections::HashSet<&str> = after.lines().collect();
-    let gone = before.lines().filter(|l| !new.contains(l)).map(|l| format!("- {l}"));
-    let came = after.lines().filter(|l| !old.contains(l)).map(|l| format!("+ {l}"));
-    gone.chain(came).collect::<Vec<_>>().join("\n")
 }
