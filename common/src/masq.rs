@@ -219,20 +219,32 @@ impl PodMasq<'_> {
         if !nft.table_exists(self.table)? {
             return Ok(0);
         }
-        let elements = self.elements(nft)?;
-        let gone: Vec<&Element> = elements.iter().filter(|e| e.comment.as_deref().is_some_and(&drop)).collect();
-        let mut b = Batch::new();
-        for map in [POD_MAP_V4, POD_MAP_V6] {
-            let keys: Vec<IpAddr> = gone.iter().filter(|e| map_for(e.key) == map).map(|e| e.key).collect();
-            if !keys.is_empty() {
-                b.delete_elements(self.table, map, &keys);
+        // A concurrent change between our read and our batch voids the batch: read again and retry; what
+        // counts is that the elements are gone.
+        let mut attempts = 0;
+        let removed = loop {
+            let elements = self.elements(nft)?;
+            let gone: Vec<&Element> = elements.iter().filter(|e| e.comment.as_deref().is_some_and(&drop)).collect();
+            let mut b = Batch::new();
+            for map in [POD_MAP_V4, POD_MAP_V6] {
+                let keys: Vec<IpAddr> = gone.iter().filter(|e| map_for(e.key) == map).map(|e| e.key).collect();
+                if !keys.is_empty() {
+                    b.delete_elements(self.table, map, &keys);
+                }
             }
-        }
-        nft.apply(&b, "removing the pod's masquerade")?;
+            match nft.apply(&b, "removing the pod's masquerade") {
+                Ok(()) => break gone.len(),
+                Err(e) if attempts < 3 => {
+                    log::info!("{e}: reading the maps again");
+                    attempts += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        };
         // Read again: concurrent DELs each saw the others' elements, and the last one must see none.
         let kept = self.elements(nft)?;
         self.prune(nft, &kept);
-        Ok(gone.len())
+        Ok(removed)
     }
 
     /// Best effort: exclusion chains nothing jumps to, then the per-pod structure and the table once

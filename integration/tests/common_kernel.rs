@@ -64,3 +64,24 @@ fn netns_open_refuses_files_that_are_not_namespaces() {
     assert_eq!(NsHandle::open(file.to_str().unwrap()).unwrap_err().code(), 101);
     assert_eq!(NsHandle::open("/nonexistent").unwrap_err().code(), 3);
 }
+
+/// Concurrent DELs rely on it: the kernel refuses, at commit, to delete a map that holds an element, and
+/// the whole batch (chain flush and delete included) is then void.
+#[test]
+fn a_map_with_an_element_is_not_deleted_by_the_only_if_empty_batch() {
+    use common::nft::{Batch, Nft};
+    let ns = Netns::new();
+    ns.nft(&["add", "table", "inet", "t"]);
+    ns.nft(&["add", "map", "inet", "t", "m", "{ type ipv4_addr : verdict; }"]);
+    ns.nft(&["add", "chain", "inet", "t", "c", "{ type nat hook postrouting priority 100; }"]);
+    ns.nft(&["add", "rule", "inet", "t", "c", "ip", "saddr", "vmap", "@m"]);
+    ns.nft(&["add", "element", "inet", "t", "m", "{ 10.0.0.1 : accept }"]);
+    let refused = ns.run(|| {
+        let mut nft = Nft::open().unwrap();
+        let mut b = Batch::new();
+        b.flush_chain("t", "c").delete_chain("t", "c").delete_empty_set("t", "m");
+        nft.apply(&b, "deleting").is_err()
+    });
+    assert!(refused, "the kernel deleted a map with an element");
+    assert!(ns.nft(&["list", "ruleset"]).contains("10.0.0.1"));
+}
