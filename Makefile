@@ -1,5 +1,6 @@
 # cni-chain: build, test, demo and install the plugins. Every target installs what it needs itself.
 
+SHELL := /bin/bash
 CNI_BIN_DIR ?= /opt/cni/bin
 DESTDIR ?=
 PLUGINS := ptp host-local linkgroup masquerade egress-v4
@@ -7,7 +8,7 @@ PLUGINS := ptp host-local linkgroup masquerade egress-v4
 TEST_THREADS ?= 4
 APT_PACKAGES := containernetworking-plugins iproute2 iputils-ping nftables iptables python3
 
-.PHONY: all build deps e2e-deps test e2e lint bench demo install clean
+.PHONY: all build deps e2e-deps test e2e lint fuzz bench demo install clean
 
 all: build
 
@@ -43,9 +44,28 @@ e2e-deps: deps
 	$(call apt_install,$(E2E_PACKAGES))
 	bash scripts/e2e/cnitool.sh
 
-# Unit tests, the kernel integration tests and the end-to-end tests (as root: they create namespaces).
+# Unit and property tests, the kernel integration tests (hostile input, faults, load and soak among them),
+# the end-to-end tests (as root: they create namespaces), then the fuzz targets for a bounded time.
 test: deps lint build e2e-deps
 	cargo test --workspace --release --locked -- --test-threads $(TEST_THREADS)
+	$(MAKE) fuzz
+
+# Fuzz the parsing of configs, prevResults, results and the CNI_* environment with libFuzzer, each target
+# FUZZ_SECONDS long, from the seed corpus in fuzz/seeds (real configs and results). libFuzzer's coverage
+# flags are -Z options: RUSTC_BOOTSTRAP lets the stable toolchain, the one a fresh machine has, take them.
+FUZZ_TARGETS := network_config result_conversion cni_env
+FUZZ_SECONDS ?= 45
+CARGO_FUZZ_VERSION := 0.13.2
+fuzz:
+	@cargo fuzz --version 2>/dev/null | grep -q $(CARGO_FUZZ_VERSION) || cargo install cargo-fuzz --locked --version $(CARGO_FUZZ_VERSION)
+	cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz build --sanitizer none -O
+	cd fuzz && for t in $(FUZZ_TARGETS); do \
+		mkdir -p corpus/$$t && \
+		RUSTC_BOOTSTRAP=1 cargo fuzz run --sanitizer none -O $$t corpus/$$t seeds/$$t -- \
+			-max_total_time=$(FUZZ_SECONDS) -max_len=65536 -print_final_stats=1 2>&1 | \
+			grep -E '^(#[0-9]+ +DONE|Done|stat::number_of_executed_units|==|SUMMARY|thread .* panicked)' ; \
+		test $${PIPESTATUS[0]} -eq 0 || exit 1; \
+	done
 
 # Only the end-to-end tests: real runtimes drive the shipped conflists.
 E2E_TESTS := e2e_cnitool e2e_podman e2e_containerd
