@@ -551,6 +551,19 @@ impl Chain {
         Chain::new(serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap())
     }
 
+    /// The shipped conflist `name` at cniVersion 1.1.0 (for GC and STATUS), each IPAM store in its own
+    /// directory below `stores`.
+    pub fn shipped_in(name: &str, stores: &Path) -> Chain {
+        let mut chain = Chain::shipped(name);
+        chain.list["cniVersion"] = json!("1.1.0");
+        for i in 0..chain.plugins() {
+            if chain.list["plugins"][i].get("ipam").is_some() {
+                chain.list["plugins"][i]["ipam"]["dataDir"] = json!(stores.join(format!("{name}-{i}")));
+            }
+        }
+        chain
+    }
+
     pub fn plugins(&self) -> usize {
         self.list["plugins"].as_array().map_or(0, Vec::len)
     }
@@ -576,18 +589,30 @@ impl Chain {
         c
     }
 
-    fn kind(&self, i: usize) -> String {
+    pub fn kind(&self, i: usize) -> String {
         self.list["plugins"][i]["type"].as_str().unwrap().to_string()
     }
 
     pub fn add(&self, node: &Netns, id: &str, netns: &str) -> Value {
+        self.add_first(self.plugins(), node, id, netns).unwrap_or(Value::Null)
+    }
+
+    /// ADD of the first `n` plugins only; the last one's result.
+    pub fn add_first(&self, n: usize, node: &Netns, id: &str, netns: &str) -> Option<Value> {
         let mut prev: Option<Value> = None;
-        for i in 0..self.plugins() {
+        for i in 0..n {
             let conf = serde_json::to_vec(&self.config(i, prev.as_ref())).unwrap();
             let r = Call::new(&self.kind(i), "ADD", id, netns).run(node, &conf);
             prev = Some(r.ok());
         }
-        prev.unwrap_or(Value::Null)
+        prev
+    }
+
+    /// GC on every plugin with these valid attachments; each must succeed.
+    pub fn gc(&self, node: &Netns, valid: &[(&str, &str)]) {
+        for reply in self.each(node, "GC", valid) {
+            reply.ok();
+        }
     }
 
     pub fn check(&self, node: &Netns, id: &str, netns: &str, result: &Value) -> Vec<Reply> {

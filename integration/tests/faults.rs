@@ -35,15 +35,10 @@ impl Rng {
 fn chains(stores: &Path) -> Vec<Chain> {
     let mut out = Vec::new();
     for name in ["20-cni-chain-masquerade.conflist", "30-cni-chain-egress-v4.conflist"] {
-        let mut chain = Chain::shipped(name);
-        chain.list["cniVersion"] = json!("1.1.0");
+        let mut chain = Chain::shipped_in(name, stores);
         for i in 0..chain.plugins() {
-            let plugin = &mut chain.list["plugins"][i];
-            if plugin.get("ipam").is_some() {
-                plugin["ipam"]["dataDir"] = json!(stores.join(format!("{name}-{i}")));
-            }
-            if plugin["type"] == "masquerade" {
-                *plugin = json!({"type": "masquerade", "mode": "pod"});
+            if chain.kind(i) == "masquerade" {
+                chain.list["plugins"][i] = json!({"type": "masquerade", "mode": "pod"});
             }
         }
         out.push(chain);
@@ -63,7 +58,7 @@ fn add_killed(
     delay: Duration,
 ) -> bool {
     let conf = serde_json::to_vec(&chain.config(i, prev)).unwrap();
-    let kind = chain.list["plugins"][i]["type"].as_str().unwrap().to_string();
+    let kind = chain.kind(i);
     // Its own process group, so the test can see when its IPAM child has died with it too.
     let mut child = Call::new(&kind, "ADD", id, pod.path()).spawn_with(node, &conf, |c| {
         c.process_group(0);
@@ -100,7 +95,7 @@ fn add_durations(chain: &Chain, node: &Netns) -> Vec<Duration> {
         let mut prev: Option<Value> = None;
         for (i, best) in best.iter_mut().enumerate() {
             let conf = serde_json::to_vec(&chain.config(i, prev.as_ref())).unwrap();
-            let kind = chain.list["plugins"][i]["type"].as_str().unwrap().to_string();
+            let kind = chain.kind(i);
             let start = Instant::now();
             prev = Some(Call::new(&kind, "ADD", &id, pod.path()).run(node, &conf).ok());
             *best = (*best).min(start.elapsed());
@@ -166,19 +161,12 @@ fn sigkill_at_random_moments_of_add_then_del_and_gc_leave_nothing() {
         let window = windows[run % chains.len()][victim].as_micros() as u64;
         let delay = Duration::from_micros(rng.below(window.max(1)));
         let (pod, id) = (Netns::new(), format!("killed-{run}"));
-        let mut prev: Option<Value> = None;
-        for i in 0..victim {
-            let conf = serde_json::to_vec(&chain.config(i, prev.as_ref())).unwrap();
-            let kind = chain.list["plugins"][i]["type"].as_str().unwrap().to_string();
-            prev = Some(Call::new(&kind, "ADD", &id, pod.path()).run(&node, &conf).ok());
-        }
+        let prev = chain.add_first(victim, &node, &id, pod.path());
         landed += add_killed(chain, victim, &node, &id, &pod, prev.as_ref(), delay) as usize;
         let context = format!("run {run}: plugin {victim} killed after {delay:?}");
         // The runtime saw ADD fail: DEL with no prevResult, then GC with nothing valid.
         chain.del(&node, &id, pod.path(), None);
-        chain.each(&node, "GC", &[]).iter().for_each(|r| {
-            r.ok();
-        });
+        chain.gc(&node, &[]);
         assert!(pod.link("eth0").is_none() && pod.link("v4if0").is_none(), "{context}: pod interfaces left");
         assert_nothing_left(&node, stores.path(), &context);
     }
@@ -201,9 +189,7 @@ fn a_killed_host_local_then_del_and_gc_leave_nothing() {
         let delay = Duration::from_micros(rng.below(window.max(1)));
         landed += add_killed(&chain, 0, &node, &id, &pod, None, delay) as usize;
         chain.del(&node, &id, pod.path(), None);
-        chain.each(&node, "GC", &[]).iter().for_each(|r| {
-            r.ok();
-        });
+        chain.gc(&node, &[]);
         assert_nothing_left(&node, stores.path(), &format!("host-local run {run}"));
     }
     assert_most_landed(landed, runs);
@@ -240,13 +226,8 @@ fn nftables_refusing_rolls_back_the_whole_add() {
     // The masquerade and egress-v4 chains: the failing plugin undoes its own part; the runtime's DEL the rest.
     for chain in chains(stores.path()) {
         let last = chain.plugins() - 1;
-        let mut prev: Option<Value> = None;
-        for i in 0..last {
-            let conf = serde_json::to_vec(&chain.config(i, prev.as_ref())).unwrap();
-            let kind = chain.list["plugins"][i]["type"].as_str().unwrap().to_string();
-            prev = Some(Call::new(&kind, "ADD", "refused", pod.path()).run(&node, &conf).ok());
-        }
-        let kind = chain.list["plugins"][last]["type"].as_str().unwrap().to_string();
+        let prev = chain.add_first(last, &node, "refused", pod.path());
+        let kind = chain.kind(last);
         let conf = serde_json::to_vec(&chain.config(last, prev.as_ref())).unwrap();
         Call::new(&kind, "ADD", "refused", pod.path()).run(&node, &conf).err(108);
         if kind == "egress-v4" {

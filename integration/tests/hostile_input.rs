@@ -18,13 +18,7 @@ struct Live {
 
 impl Live {
     fn new(node: &Netns, store: &Path, conflist: &str, id: &'static str) -> Live {
-        let mut chain = Chain::shipped(conflist);
-        chain.list["cniVersion"] = json!("1.1.0");
-        for i in 0..chain.plugins() {
-            if chain.list["plugins"][i].get("ipam").is_some() {
-                chain.overrides.push((i, "ipam.dataDir".into(), json!(store.join(format!("{id}-{i}")))));
-            }
-        }
+        let chain = Chain::shipped_in(conflist, store);
         let pod = Netns::new();
         let result = chain.add(node, id, pod.path());
         Live { chain, id, pod, result }

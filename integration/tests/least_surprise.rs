@@ -29,18 +29,10 @@ fn foreign_state_is_untouched_and_ours_is_gone_after_del_and_gc() {
     let before = node.settled_state();
 
     let mut chains = Vec::new();
-    for (n, name) in
-        ["10-cni-chain-ptp.conflist", "20-cni-chain-masquerade.conflist", "30-cni-chain-egress-v4.conflist"]
-            .into_iter()
-            .enumerate()
-    {
-        let mut chain = Chain::shipped(name);
-        chain.list["cniVersion"] = json!("1.1.0");
+    for name in ["10-cni-chain-ptp.conflist", "20-cni-chain-masquerade.conflist", "30-cni-chain-egress-v4.conflist"] {
+        let mut chain = Chain::shipped_in(name, stores.path());
         for i in 0..chain.plugins() {
             let plugin = &mut chain.list["plugins"][i];
-            if plugin.get("ipam").is_some() {
-                plugin["ipam"]["dataDir"] = json!(stores.path().join(format!("{n}-{i}")));
-            }
             plugin["logLevel"] = json!("debug");
             // The first plugin of each chain logs through a symlink, which must not be followed.
             plugin["logFile"] = json!(if i == 0 { logs.path().join("symlinked.log") } else { log.clone() });
@@ -61,9 +53,7 @@ fn foreign_state_is_untouched_and_ours_is_gone_after_del_and_gc() {
         chain.del(&node, id, pod.path(), Some(result));
     }
     for chain in &chains {
-        chain.each(&node, "GC", &[]).iter().for_each(|r| {
-            r.ok();
-        });
+        chain.gc(&node, &[]);
     }
     assert_same_state(&before, &node.state(), "ADD, CHECK, DEL and GC of every chain");
 

@@ -24,18 +24,6 @@ fn concurrently(n: usize, threads: usize, f: impl Fn(usize) + Sync) {
     });
 }
 
-/// A shipped chain at 1.1.0 with its stores in `stores`.
-fn chain(name: &str, stores: &Path) -> Chain {
-    let mut chain = Chain::shipped(name);
-    chain.list["cniVersion"] = json!("1.1.0");
-    for i in 0..chain.plugins() {
-        if chain.list["plugins"][i].get("ipam").is_some() {
-            chain.overrides.push((i, "ipam.dataDir".into(), json!(stores.join(format!("{name}-{i}")))));
-        }
-    }
-    chain
-}
-
 fn addresses(result: &Value) -> Vec<String> {
     result["ips"].as_array().unwrap().iter().map(|ip| ip["address"].as_str().unwrap().to_string()).collect()
 }
@@ -55,7 +43,7 @@ fn our_rules(node: &Netns) -> usize {
 fn a_hundred_concurrent_adds_then_a_hundred_concurrent_dels() {
     let (node, _outside) = node_with_uplink();
     let stores = TempDir::new("load");
-    let chain = chain("20-cni-chain-masquerade.conflist", stores.path());
+    let chain = Chain::shipped_in("20-cni-chain-masquerade.conflist", stores.path());
     let pods: Vec<Netns> = (0..100).map(|_| Netns::new()).collect();
     let results = std::sync::Mutex::new(vec![Value::Null; pods.len()]);
     // All 100 at once: every ADD runs while others are in their IPAM lock, netlink and nftables batches.
@@ -83,9 +71,7 @@ fn a_hundred_concurrent_adds_then_a_hundred_concurrent_dels() {
     assert!(!store.join(".cni-chain-attachments").exists(), "index entries left");
     // The group rule is shared: it stays for the next pod until GC finds no attachment left.
     assert_eq!(our_rules(&node), 1);
-    chain.each(&node, "GC", &[]).iter().for_each(|r| {
-        r.ok();
-    });
+    chain.gc(&node, &[]);
     assert!(!node.nft(&["list", "tables"]).contains("cni_chain"), "GC left our table");
 }
 
@@ -116,10 +102,10 @@ fn a_soak_of_1000_add_del_cycles_leaves_nothing() {
     let (node, _outside) = node_with_uplink();
     node.ip(&["route", "add", "default", "via", "192.0.2.2"]);
     let stores = TempDir::new("soak");
-    let mut masq = chain("20-cni-chain-masquerade.conflist", stores.path());
+    let mut masq = Chain::shipped_in("20-cni-chain-masquerade.conflist", stores.path());
     // Per pod, so that every pod adds and removes nftables elements of its own.
     masq.list["plugins"][2] = json!({"type": "masquerade", "mode": "pod"});
-    let chains = [masq, chain("30-cni-chain-egress-v4.conflist", stores.path())];
+    let chains = [masq, Chain::shipped_in("30-cni-chain-egress-v4.conflist", stores.path())];
     // One warm-up cycle per chain makes what stays by design (stores, cursors, the shared table).
     let pods: Vec<Netns> = (0..4).map(|_| Netns::new()).collect();
     for chain in &chains {
@@ -159,7 +145,7 @@ fn a_soak_of_1000_add_del_cycles_leaves_nothing() {
 fn per_pod_masquerade_keeps_every_live_pod_while_others_come_and_go() {
     let (node, _outside) = node_with_uplink();
     let stores = TempDir::new("churn");
-    let mut chain = chain("20-cni-chain-masquerade.conflist", stores.path());
+    let mut chain = Chain::shipped_in("20-cni-chain-masquerade.conflist", stores.path());
     chain.list["plugins"][2] = json!({"type": "masquerade", "mode": "pod"});
     let pods: Vec<Netns> = (0..60).map(|_| Netns::new()).collect();
     let kept = std::sync::Mutex::new(Vec::new());
