@@ -61,8 +61,12 @@ fn netns_open_refuses_files_that_are_not_namespaces() {
     let dir = integration::TempDir::new("ns");
     let file = dir.path().join("plain");
     std::fs::write(&file, "").unwrap();
-    assert_eq!(NsHandle::open(file.to_str().unwrap()).unwrap_err().code(), 101);
+    // A bad CNI_NETNS: a regular file, a file on procfs, a namespace of another kind.
+    for path in [file.to_str().unwrap(), "/proc/self/status", "/proc/self/ns/mnt"] {
+        assert_eq!(NsHandle::open(path).unwrap_err().code(), 4, "{path}");
+    }
     assert_eq!(NsHandle::open("/nonexistent").unwrap_err().code(), 3);
+    assert!(NsHandle::open("/proc/self/ns/net").is_ok());
 }
 
 /// Concurrent DELs rely on it: the kernel refuses, at commit, to delete a map that holds an element, and
