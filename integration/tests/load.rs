@@ -60,7 +60,9 @@ fn a_hundred_concurrent_adds_then_a_hundred_concurrent_dels() {
     assert_eq!(our_rules(&node), 1, "one masquerade rule for 100 pods");
     // Traffic: a pod reaches another through the node.
     let other = results[99]["ips"][0]["address"].as_str().unwrap().split('/').next().unwrap().to_string();
-    assert!(pods[0].ping(&other), "pod 0 cannot reach {other}");
+    // A few tries: the first packets wait for neighbour resolution on a machine busy with other tests.
+    let reached = (0..3).any(|_| pods[0].ping(&other));
+    assert!(reached, "pod 0 cannot reach {other}: pod routes {:?}", pods[0].routes("-4"));
 
     concurrently(pods.len(), pods.len(), |i| {
         chain.del(&node, &format!("load-{i}"), pods[i].path(), Some(&results[i]));
