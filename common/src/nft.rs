@@ -390,6 +390,11 @@ impl Batch {
     }
 
     pub fn delete_elements(&mut self, table: &str, map: &str, keys: &[IpAddr]) -> &mut Self {
+        // A key twice in one batch would void it (the second delete finds nothing): a dump resumed while the
+        // set changed can repeat an element.
+        let mut keys = keys.to_vec();
+        keys.sort();
+        keys.dedup();
         let list = keys
             .iter()
             .map(|k| ListAttribute::Element(vec![SetElementAttribute::Key(DataAttribute::Value(addr_bytes(*k)))]))

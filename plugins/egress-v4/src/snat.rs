@@ -111,14 +111,28 @@ fn remove_where(nft: &mut Nft, table: &str, drop: impl Fn(&str) -> bool) -> Resu
         return Ok(0);
     }
     let mut removed = 0;
-    for (set, elements) in egress_sets(nft, table)? {
-        let gone: Vec<IpAddr> =
-            elements.iter().filter(|e| e.comment.as_deref().is_some_and(&drop)).map(|e| e.key).collect();
-        if !gone.is_empty() {
+    for (set, mut elements) in egress_sets(nft, table)? {
+        // A concurrent change between our read and our batch voids the batch (seen as ENOENT under load):
+        // read the set again and retry; what counts is that the elements are gone.
+        for attempt in 0.. {
+            let gone: Vec<IpAddr> =
+                elements.iter().filter(|e| e.comment.as_deref().is_some_and(&drop)).map(|e| e.key).collect();
+            if gone.is_empty() {
+                break;
+            }
             let mut b = Batch::new();
             b.delete_elements(table, &set, &gone);
-            nft.apply(&b, "removing the pod's egress SNAT")?;
-            removed += gone.len();
+            match nft.apply(&b, "removing the pod's egress SNAT") {
+                Ok(()) => {
+                    removed += gone.len();
+                    break;
+                }
+                Err(e) if attempt < 3 => {
+                    log::info!("{e}: reading set {set} again");
+                    elements = nft.elements(table, &set)?;
+                }
+                Err(e) => return Err(e),
+            }
         }
         // Tried whenever the set may be empty now, not just when our dump said so: concurrent DELs each see
         // the others' elements, and the kernel's "only if empty" check is the one that is never stale.
