@@ -25,6 +25,7 @@ pub mod code {
     pub const RANGE_EXHAUSTED: u32 = 106;
     pub const ADDRESS_UNAVAILABLE: u32 = 107;
     pub const NFTABLES: u32 = 108;
+    pub const ATTACHMENT_EXISTS: u32 = 109;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +75,9 @@ pub enum CniError {
     AddressUnavailable(String),
     #[error("nftables: {0}")]
     Nftables(String),
+    /// ADD for an attachment that is live: the runtime must DEL it first (the spec forbids a second ADD).
+    #[error("attachment exists: {0}")]
+    AttachmentExists(String),
 }
 
 impl CniError {
@@ -100,6 +104,7 @@ impl CniError {
             RangeExhausted(_) => code::RANGE_EXHAUSTED,
             AddressUnavailable(_) => code::ADDRESS_UNAVAILABLE,
             Nftables(_) => code::NFTABLES,
+            AttachmentExists(_) => code::ATTACHMENT_EXISTS,
         }
     }
 

@@ -13,10 +13,6 @@ use ipnetwork::IpNetwork;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 pub const DEFAULT_TABLE: &str = "cni_chain";
-const POD_CHAIN: &str = "masq_pods";
-const POD_MAP_V4: &str = "pods_v4";
-const POD_MAP_V6: &str = "pods_v6";
-const EXCLUSION_CHAIN_PREFIX: &str = "pods_";
 
 /// Table names become netlink strings and `nft` arguments: keep them plain.
 pub fn validate_table(name: &str) -> Result<()> {
@@ -31,7 +27,9 @@ pub fn validate_table(name: &str) -> Result<()> {
     }
 }
 
-/// The group rule and where it lives.
+/// The group rule and where it lives. The rule is shared by every network that masquerades the same pod
+/// group; its members are the addresses of the attachments using it, in sets beside it (one per family,
+/// each element tagged with its attachment), and it goes with its last member.
 #[derive(Debug, Clone)]
 pub struct GroupMasq<'a> {
     pub table: &'a str,
@@ -40,9 +38,32 @@ pub struct GroupMasq<'a> {
     pub random_fully: bool,
 }
 
+const GROUP_CHAIN_PREFIX: &str = "masq_group_";
+
+/// The member sets of a group chain, IPv4 then IPv6.
+fn member_sets(chain: &str) -> [String; 2] {
+    [format!("{chain}_v4"), format!("{chain}_v6")]
+}
+
+fn member_set_of(chain: &str, ip: IpAddr) -> String {
+    let [v4, v6] = member_sets(chain);
+    if ip.is_ipv6() {
+        v6
+    } else {
+        v4
+    }
+}
+
+/// The group chain a member set belongs to.
+fn group_chain_of_set(set: &str) -> Option<&str> {
+    let chain = set.strip_suffix("_v4").or_else(|| set.strip_suffix("_v6"))?;
+    let group = chain.strip_prefix(GROUP_CHAIN_PREFIX)?;
+    group.parse::<u32>().ok().map(|_| chain)
+}
+
 impl GroupMasq<'_> {
     fn chain(&self) -> String {
-        format!("masq_group_{}", self.pod_group)
+        format!("{GROUP_CHAIN_PREFIX}{}", self.pod_group)
     }
 
     /// The rule's comment says what it does, so a changed config is seen and replaced.
@@ -65,53 +86,189 @@ impl GroupMasq<'_> {
         Ok(rules.len() == 1 && rules[0].comment.as_deref() == Some(self.tag().as_str()))
     }
 
-    /// Make the chain hold exactly our rule. Concurrent calls converge: each batch flushes and re-adds.
-    pub fn ensure(&self, nft: &mut Nft) -> Result<()> {
-        if self.is_current(nft)? {
-            return Ok(());
-        }
+    /// Join attachment `tag` (addresses `ips`) to the rule. One batch makes the structure, rewrites the rule
+    /// (so concurrent ADDs converge, and a chain a concurrent last DEL just pruned comes back whole) and adds
+    /// the members; an address still held by another attachment (leaked by a crash) is taken over.
+    pub fn add(&self, nft: &mut Nft, tag: &str, ips: &[IpAddr]) -> Result<()> {
+        check_tag(tag)?;
         let chain = self.chain();
+        let [v4, v6] = member_sets(&chain);
         let mut b = Batch::new();
-        b.add_table(self.table).add_nat_postrouting_chain(self.table, &chain).flush_chain(self.table, &chain).add_rule(
-            self.table,
-            &chain,
-            self.rule(),
-            &self.tag(),
-        );
+        b.add_table(self.table)
+            .add_set(self.table, &v4, false)
+            .add_set(self.table, &v6, true)
+            .add_nat_postrouting_chain(self.table, &chain)
+            .flush_chain(self.table, &chain)
+            .add_rule(self.table, &chain, self.rule(), &self.tag());
+        for (set, elements) in group_sets(nft, self.table)? {
+            let stale: Vec<IpAddr> = elements
+                .iter()
+                .filter(|e| {
+                    ips.contains(&e.key) && (e.comment.as_deref() != Some(tag) || set != member_set_of(&chain, e.key))
+                })
+                .map(|e| e.key)
+                .collect();
+            if !stale.is_empty() {
+                b.delete_elements(self.table, &set, &stale);
+            }
+        }
+        for set in [&v4, &v6] {
+            let members: Vec<Element> = ips
+                .iter()
+                .filter(|ip| member_set_of(&chain, **ip) == *set)
+                .map(|ip| Element { key: *ip, jump: None, comment: Some(tag.into()) })
+                .collect();
+            if !members.is_empty() {
+                b.add_elements(self.table, set, &members);
+            }
+        }
         nft.apply(&b, "installing the group masquerade rule")
     }
 
-    pub fn check(&self, nft: &mut Nft) -> Result<()> {
-        if self.is_current(nft)? {
-            Ok(())
-        } else {
-            Err(CniError::CheckFailed(format!(
+    pub fn check(&self, nft: &mut Nft, tag: &str, ips: &[IpAddr]) -> Result<()> {
+        if !self.is_current(nft)? {
+            return Err(CniError::CheckFailed(format!(
                 "chain {} of table inet {} does not hold exactly the rule \"{}\"",
                 self.chain(),
                 self.table,
                 self.tag()
-            )))
+            )));
         }
-    }
-
-    /// Remove the group rule's chain, and the table if nothing else is left in it.
-    pub fn remove(&self, nft: &mut Nft) -> Result<()> {
         let chain = self.chain();
-        if nft.chains(self.table)?.contains(&chain) {
-            let mut b = Batch::new();
-            b.flush_chain(self.table, &chain).delete_chain(self.table, &chain);
-            nft.apply(&b, "removing the group masquerade chain")?;
+        for ip in ips {
+            let set = member_set_of(&chain, *ip);
+            if !nft.elements(self.table, &set)?.iter().any(|e| e.key == *ip && e.comment.as_deref() == Some(tag)) {
+                return Err(CniError::CheckFailed(format!(
+                    "{ip} is not a member in set {set} of table inet {}",
+                    self.table
+                )));
+            }
         }
-        delete_table_if_empty(nft, self.table);
         Ok(())
     }
 }
 
-/// Per-pod masquerade: addresses in maps, tagged with their attachment.
+/// The group member sets in `table` with their elements.
+fn group_sets(nft: &mut Nft, table: &str) -> Result<Vec<(String, Vec<Element>)>> {
+    let mut out = Vec::new();
+    for set in nft.sets(table)?.into_iter().filter(|s| group_chain_of_set(s).is_some()) {
+        let elements = nft.elements(table, &set)?;
+        out.push((set, elements));
+    }
+    Ok(out)
+}
+
+/// Remove the group memberships `drop` selects (by tag), whatever the group, then every group rule left
+/// without members, and the table once empty. DEL and GC need no config value but the table for this.
+pub fn remove_group_members(nft: &mut Nft, table: &str, drop: impl Fn(&str) -> bool) -> Result<usize> {
+    if !nft.table_exists(table)? {
+        return Ok(0);
+    }
+    let mut removed = 0;
+    let sets = group_sets(nft, table)?;
+    for (set, elements) in &sets {
+        removed += remove_tagged(nft, table, set, elements.clone(), &drop)?;
+    }
+    let mut chains: Vec<&str> = sets.iter().filter_map(|(s, _)| group_chain_of_set(s)).collect();
+    chains.dedup();
+    for chain in chains {
+        // The kernel refuses the whole batch while either set holds a member, even one a concurrent ADD
+        // just added: the rule then stays for it.
+        let [v4, v6] = member_sets(chain);
+        let mut b = Batch::new();
+        b.flush_chain(table, chain)
+            .delete_chain(table, chain)
+            .delete_empty_set(table, &v4)
+            .delete_empty_set(table, &v6);
+        nft.apply_if_unused(&b, "removing a group masquerade rule without members");
+    }
+    delete_table_if_empty(nft, table);
+    Ok(removed)
+}
+
+/// Delete the elements of `set` whose tag `drop` selects. A concurrent change between our read and our
+/// batch voids the batch (seen as ENOENT under load): read again and retry; what counts is that they are gone.
+pub fn remove_tagged(
+    nft: &mut Nft,
+    table: &str,
+    set: &str,
+    mut elements: Vec<Element>,
+    drop: impl Fn(&str) -> bool,
+) -> Result<usize> {
+    let mut attempt = 0;
+    loop {
+        let gone: Vec<IpAddr> =
+            elements.iter().filter(|e| e.comment.as_deref().is_some_and(&drop)).map(|e| e.key).collect();
+        if gone.is_empty() {
+            return Ok(0);
+        }
+        let mut b = Batch::new();
+        b.delete_elements(table, set, &gone);
+        match nft.apply(&b, "removing tagged set elements") {
+            Ok(()) => return Ok(gone.len()),
+            Err(e) if attempt < 3 => {
+                log::info!("{e}: reading set {set} again");
+                elements = nft.elements(table, set)?;
+                attempt += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Tags are nftables comments, which have a length limit.
+pub fn check_tag(tag: &str) -> Result<()> {
+    if tag.len() > MAX_COMMENT {
+        return Err(CniError::InvalidConfig(format!(
+            "network name and container ID are too long ({} bytes) to tag nftables elements",
+            tag.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Per-pod masquerade: addresses in maps, tagged with their attachment. Each plugin that offers it has
+/// its own maps and chains (`names`), so ptp's `ipMasq` and the masquerade plugin can hold the same pod.
 #[derive(Debug, Clone)]
 pub struct PodMasq<'a> {
     pub table: &'a str,
     pub random_fully: bool,
+    pub names: PodMasqNames,
+}
+
+/// The names of one plugin's per-pod structure: a base chain, an address → verdict map per family, and
+/// a chain per exclusion list (the prefix and a hash of the list).
+#[derive(Debug, Clone, Copy)]
+pub struct PodMasqNames {
+    chain: &'static str,
+    maps: [&'static str; 2],
+    exclusion_prefix: &'static str,
+}
+
+impl PodMasqNames {
+    /// The masquerade plugin's pod mode.
+    pub const MASQUERADE: PodMasqNames =
+        PodMasqNames { chain: "masq_pods", maps: ["pods_v4", "pods_v6"], exclusion_prefix: "pods_" };
+    /// ptp's `ipMasq`.
+    pub const PTP: PodMasqNames =
+        PodMasqNames { chain: "ptp_masq", maps: ["ptp_pods_v4", "ptp_pods_v6"], exclusion_prefix: "ptp_pods_" };
+
+    fn map_for(&self, ip: IpAddr) -> &'static str {
+        self.maps[usize::from(ip.is_ipv6())]
+    }
+
+    /// Name of the chain for one exclusion list: the same list always gives the same chain.
+    fn exclusion_chain(&self, excludes: &[IpNetwork], random_fully: bool) -> String {
+        let mut key: Vec<String> = excludes.iter().map(|n| n.to_string()).collect();
+        key.sort();
+        key.dedup();
+        key.push(random_fully.to_string());
+        let hash = key
+            .join(",")
+            .bytes()
+            .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+        format!("{}{hash:016x}", self.exclusion_prefix)
+    }
 }
 
 /// Multicast destinations, which NAT leaves alone.
@@ -124,57 +281,34 @@ pub fn multicast(v6: bool) -> IpNetwork {
     IpNetwork::new(addr, prefix).unwrap_or_else(|_| IpNetwork::from(addr))
 }
 
-/// Name of the chain for one exclusion list: the same list always gives the same chain.
-fn exclusion_chain(excludes: &[IpNetwork], random_fully: bool) -> String {
-    let mut key: Vec<String> = excludes.iter().map(|n| n.to_string()).collect();
-    key.sort();
-    key.dedup();
-    key.push(random_fully.to_string());
-    let hash =
-        key.join(",").bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
-    format!("{EXCLUSION_CHAIN_PREFIX}{hash:016x}")
-}
-
-fn map_for(ip: IpAddr) -> &'static str {
-    if ip.is_ipv6() {
-        POD_MAP_V6
-    } else {
-        POD_MAP_V4
-    }
-}
-
 impl PodMasq<'_> {
     fn elements(&self, nft: &mut Nft) -> Result<Vec<Element>> {
-        let mut all = nft.elements(self.table, POD_MAP_V4)?;
-        all.extend(nft.elements(self.table, POD_MAP_V6)?);
+        let mut all = nft.elements(self.table, self.names.maps[0])?;
+        all.extend(nft.elements(self.table, self.names.maps[1])?);
         Ok(all)
     }
 
     /// Masquerade `ips` of the attachment `tag`, except towards `excludes` and multicast.
     pub fn add(&self, nft: &mut Nft, tag: &str, ips: &[IpAddr], excludes: &[IpNetwork]) -> Result<()> {
-        if tag.len() > MAX_COMMENT {
-            return Err(CniError::InvalidConfig(format!(
-                "network name and container ID are too long ({} bytes) to tag nftables elements",
-                tag.len()
-            )));
-        }
-        let chain = exclusion_chain(excludes, self.random_fully);
+        check_tag(tag)?;
+        let n = self.names;
+        let chain = n.exclusion_chain(excludes, self.random_fully);
         let mut b = Batch::new();
         b.add_table(self.table)
-            .add_vmap(self.table, POD_MAP_V4, false)
-            .add_vmap(self.table, POD_MAP_V6, true)
-            .add_nat_postrouting_chain(self.table, POD_CHAIN)
-            .flush_chain(self.table, POD_CHAIN)
+            .add_vmap(self.table, n.maps[0], false)
+            .add_vmap(self.table, n.maps[1], true)
+            .add_nat_postrouting_chain(self.table, n.chain)
+            .flush_chain(self.table, n.chain)
             .add_rule(
                 self.table,
-                POD_CHAIN,
-                Rule::new().saddr_vmap(false, POD_MAP_V4),
+                n.chain,
+                Rule::new().saddr_vmap(false, n.maps[0]),
                 "cni-chain: per-pod masquerade (IPv4)",
             )
             .add_rule(
                 self.table,
-                POD_CHAIN,
-                Rule::new().saddr_vmap(true, POD_MAP_V6),
+                n.chain,
+                Rule::new().saddr_vmap(true, n.maps[1]),
                 "cni-chain: per-pod masquerade (IPv6)",
             )
             .add_chain(self.table, &chain)
@@ -193,10 +327,10 @@ impl PodMasq<'_> {
         b.add_rule(self.table, &chain, Rule::new().masquerade(self.random_fully), "cni-chain: masquerade the rest");
         // An address still mapped for another attachment (leaked by a crash) is taken over.
         let existing = self.elements(nft)?;
-        for map in [POD_MAP_V4, POD_MAP_V6] {
+        for map in n.maps {
             let stale: Vec<IpAddr> = existing
                 .iter()
-                .filter(|e| map_for(e.key) == map && ips.contains(&e.key) && e.comment.as_deref() != Some(tag))
+                .filter(|e| n.map_for(e.key) == map && ips.contains(&e.key) && e.comment.as_deref() != Some(tag))
                 .map(|e| e.key)
                 .collect();
             if !stale.is_empty() {
@@ -204,7 +338,7 @@ impl PodMasq<'_> {
             }
             let elems: Vec<Element> = ips
                 .iter()
-                .filter(|ip| map_for(**ip) == map)
+                .filter(|ip| n.map_for(**ip) == map)
                 .map(|ip| Element { key: *ip, jump: Some(chain.clone()), comment: Some(tag.into()) })
                 .collect();
             if !elems.is_empty() {
@@ -219,28 +353,11 @@ impl PodMasq<'_> {
         if !nft.table_exists(self.table)? {
             return Ok(0);
         }
-        // A concurrent change between our read and our batch voids the batch: read again and retry; what
-        // counts is that the elements are gone.
-        let mut attempts = 0;
-        let removed = loop {
-            let elements = self.elements(nft)?;
-            let gone: Vec<&Element> = elements.iter().filter(|e| e.comment.as_deref().is_some_and(&drop)).collect();
-            let mut b = Batch::new();
-            for map in [POD_MAP_V4, POD_MAP_V6] {
-                let keys: Vec<IpAddr> = gone.iter().filter(|e| map_for(e.key) == map).map(|e| e.key).collect();
-                if !keys.is_empty() {
-                    b.delete_elements(self.table, map, &keys);
-                }
-            }
-            match nft.apply(&b, "removing the pod's masquerade") {
-                Ok(()) => break gone.len(),
-                Err(e) if attempts < 3 => {
-                    log::info!("{e}: reading the maps again");
-                    attempts += 1;
-                }
-                Err(e) => return Err(e),
-            }
-        };
+        let mut removed = 0;
+        for map in self.names.maps {
+            let elements = nft.elements(self.table, map)?;
+            removed += remove_tagged(nft, self.table, map, elements, &drop)?;
+        }
         // Read again: concurrent DELs each saw the others' elements, and the last one must see none.
         let kept = self.elements(nft)?;
         self.prune(nft, &kept);
@@ -250,20 +367,21 @@ impl PodMasq<'_> {
     /// Best effort: exclusion chains nothing jumps to, then the per-pod structure and the table once
     /// empty. The kernel refuses to delete what a concurrent ADD just started to use.
     fn prune(&self, nft: &mut Nft, kept: &[Element]) {
+        let n = self.names;
         let chains = nft.chains(self.table).unwrap_or_default();
         for chain in chains.iter().filter(|c| {
-            c.starts_with(EXCLUSION_CHAIN_PREFIX) && !kept.iter().any(|e| e.jump.as_deref() == Some(c.as_str()))
+            c.starts_with(n.exclusion_prefix) && !kept.iter().any(|e| e.jump.as_deref() == Some(c.as_str()))
         }) {
             let mut b = Batch::new();
             b.flush_chain(self.table, chain).delete_chain(self.table, chain);
             nft.apply_if_unused(&b, "removing an unused exclusion chain");
         }
-        if kept.is_empty() && chains.iter().any(|c| c == POD_CHAIN) {
+        if kept.is_empty() && chains.iter().any(|c| c == n.chain) {
             let mut b = Batch::new();
-            b.flush_chain(self.table, POD_CHAIN)
-                .delete_chain(self.table, POD_CHAIN)
-                .delete_empty_set(self.table, POD_MAP_V4)
-                .delete_empty_set(self.table, POD_MAP_V6);
+            b.flush_chain(self.table, n.chain)
+                .delete_chain(self.table, n.chain)
+                .delete_empty_set(self.table, n.maps[0])
+                .delete_empty_set(self.table, n.maps[1]);
             nft.apply_if_unused(&b, "removing the per-pod structure");
         }
         delete_table_if_empty(nft, self.table);
@@ -285,7 +403,7 @@ impl PodMasq<'_> {
             if !elements.iter().any(|e| e.key == *ip && e.comment.as_deref() == Some(tag)) {
                 return Err(CniError::CheckFailed(format!(
                     "{ip} is not in map {} of table inet {}",
-                    map_for(*ip),
+                    self.names.map_for(*ip),
                     self.table
                 )));
             }
@@ -309,10 +427,12 @@ mod tests {
     fn exclusion_chain_depends_on_the_set_of_excludes_only() {
         let a: IpNetwork = "10.0.0.0/24".parse().unwrap();
         let b: IpNetwork = "fd00::/64".parse().unwrap();
-        assert_eq!(exclusion_chain(&[a, b], true), exclusion_chain(&[b, a, a], true));
-        assert_ne!(exclusion_chain(&[a], true), exclusion_chain(&[a], false));
-        assert_ne!(exclusion_chain(&[a], true), exclusion_chain(&[b], true));
-        assert!(exclusion_chain(&[a], true).len() <= 32);
+        let n = PodMasqNames::MASQUERADE;
+        assert_eq!(n.exclusion_chain(&[a, b], true), n.exclusion_chain(&[b, a, a], true));
+        assert_ne!(n.exclusion_chain(&[a], true), n.exclusion_chain(&[a], false));
+        assert_ne!(n.exclusion_chain(&[a], true), n.exclusion_chain(&[b], true));
+        assert!(PodMasqNames::PTP.exclusion_chain(&[a], true).len() <= 32);
+        assert!(!PodMasqNames::PTP.exclusion_chain(&[a], true).starts_with(n.exclusion_prefix));
     }
 
     #[test]

@@ -9,8 +9,8 @@ use netlink_packet_core::{
 use netlink_packet_netfilter::nftables::{
     Bitwise, ChainAttribute, ChainMessage, Cmp, DataAttribute, ExpressionAttribute, Expressions, Hook, Immediate,
     InetHookNumber, ListAttribute, Lookup, Meta, MetaKey, NfTablesMessage, Operator, Payload, Register, RuleAttribute,
-    RuleMessage, SetAttribute, SetElementAttribute, SetElementList, SetElementMessage, SetFlags, SetMessage,
-    TableAttribute, TableFlags, TableMessage, Verdict, VerdictAttribute,
+    RuleMessage, SetAttribute, SetDescription, SetElementAttribute, SetElementList, SetElementMessage, SetFlags,
+    SetMessage, TableAttribute, TableFlags, TableMessage, Verdict, VerdictAttribute,
 };
 use netlink_packet_netfilter::none::ControlMessage;
 use netlink_packet_netfilter::{NetfilterHeader, NetfilterMessage, NetfilterMessageInner, NetfilterProtoFamily};
@@ -40,6 +40,10 @@ const NF_NAT_RANGE_PROTO_RANDOM_FULLY: u32 = 1 << 4;
 const UDATA_COMMENT: u8 = 0;
 const NFPROTO_IPV4: u8 = 2;
 const NFPROTO_IPV6: u8 = 10;
+/// The capacity of each of our sets and maps (pods of one family on one node). A set with a size makes every
+/// kernel count its elements: 6.1 kernels before 6.1.0-57 (Debian's) count them only then, and without the
+/// count the "delete only if empty" guard that keeps a concurrent ADD's element safe does nothing.
+pub const SET_SIZE: u32 = 65536;
 /// The `srcnat` priority of a nat postrouting chain.
 pub const PRIORITY_SRCNAT: i32 = 100;
 
@@ -345,6 +349,7 @@ impl Batch {
             SetAttribute::KeyType(key_type),
             SetAttribute::KeyLen(key_len),
             SetAttribute::Id(self.set_ids),
+            SetAttribute::Description(vec![SetDescription::Size(SET_SIZE)]),
         ];
         if verdict_map {
             attrs.extend([SetAttribute::DataType(TYPE_VERDICT), SetAttribute::DataLen(0)]);
@@ -492,22 +497,30 @@ impl Nft {
         }
         buf.extend(self.message(NetfilterProtoFamily::Unspec, ControlMessage::BatchEnd.into(), 0));
         self.socket.send(&buf, 0).map_err(|e| nl_err(what, e))?;
-        let mut acked = 0;
-        while acked < batch.msgs.len() {
+        // The kernel answers every message of the batch, also after one failed: read them all, so that no
+        // answer is left to be mistaken for the next request's.
+        let (mut answered, mut failure) = (0, None);
+        while answered < batch.msgs.len() {
             for reply in self.receive()? {
-                if let NetlinkPayload::Error(err) = reply.payload {
-                    match err.code {
-                        None => acked += 1,
-                        Some(code) => {
-                            let index = reply.header.sequence_number.wrapping_sub(first + 1) as usize;
-                            let failed = batch.msgs.get(index).map(|(m, _)| describe(m)).unwrap_or("batch");
-                            return Err(nl_err(what, format!("{failed}: {}", errno_text(code.get()))));
-                        }
-                    }
+                let NetlinkPayload::Error(err) = reply.payload else { continue };
+                let seq = reply.header.sequence_number;
+                if seq == first {
+                    // Addressed to the batch itself: the kernel gave up on all of it (out of memory).
+                    let code = err.code.map_or(0, |c| c.get());
+                    return Err(nl_err(what, format!("the batch: {}", errno_text(code))));
+                }
+                let Some(index) = seq.checked_sub(first + 1).map(|i| i as usize).filter(|i| *i < batch.msgs.len())
+                else {
+                    continue;
+                };
+                answered += 1;
+                if let (Some(code), None) = (err.code, &failure) {
+                    let failed = describe(&batch.msgs[index].0);
+                    failure = Some(nl_err(what, format!("{failed}: {}", errno_text(code.get()))));
                 }
             }
         }
-        Ok(())
+        failure.map_or(Ok(()), Err)
     }
 
     /// Apply a cleanup the kernel may rightly refuse (a set or chain still in use): the refusal is logged.
@@ -519,11 +532,13 @@ impl Nft {
 
     /// Dump objects of one kind; a missing table or set reads as empty.
     fn dump(&mut self, request: NfTablesMessage) -> Result<Vec<NfTablesMessage>> {
+        let seq = self.seq;
         let buf = self.message(NetfilterProtoFamily::Inet, request.into(), NLM_F_DUMP);
         self.socket.send(&buf, 0).map_err(|e| nl_err("dump request", e))?;
         let mut out = Vec::new();
         loop {
-            for reply in self.receive()? {
+            // Only the answers to this request count.
+            for reply in self.receive()?.into_iter().filter(|r| r.header.sequence_number == seq) {
                 match reply.payload {
                     NetlinkPayload::Done(_) => return Ok(out),
                     NetlinkPayload::Error(err) => match err.code {
@@ -591,16 +606,45 @@ impl Nft {
 
     /// Names of the sets and maps in `table`.
     pub fn sets(&mut self, table: &str) -> Result<Vec<String>> {
+        Ok(self.set_sizes(table)?.into_iter().map(|(name, _)| name).collect())
+    }
+
+    /// The sets and maps in `table` with their size, if they have one.
+    pub fn set_sizes(&mut self, table: &str) -> Result<Vec<(String, Option<u32>)>> {
         let attrs = vec![SetAttribute::Table(table.into())];
         let dumped = self.dump(NfTablesMessage::GetSet(SetMessage { attributes: attrs }))?;
-        Ok(names_in_table(dumped, table, |m| match m {
-            NfTablesMessage::NewSet(s) => s.attributes.into_iter().fold((None, None), |(t, n), a| match a {
-                SetAttribute::Table(x) => (Some(x), n),
-                SetAttribute::Name(x) => (t, Some(x)),
-                _ => (t, n),
-            }),
-            _ => (None, None),
-        }))
+        let mut out = Vec::new();
+        for m in dumped {
+            let NfTablesMessage::NewSet(set) = m else { continue };
+            let (mut in_table, mut name, mut size) = (false, None, None);
+            for a in set.attributes {
+                match a {
+                    SetAttribute::Table(t) => in_table = t == table,
+                    SetAttribute::Name(n) => name = Some(n),
+                    SetAttribute::Description(desc) => {
+                        size = desc.into_iter().find_map(|d| match d {
+                            SetDescription::Size(n) if n > 0 => Some(n),
+                            _ => None,
+                        })
+                    }
+                    _ => {}
+                }
+            }
+            if let (true, Some(name)) = (in_table, name) {
+                out.push((name, size));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Whether the kernel's "only if empty" delete can be trusted for these sets: each has a size (every kernel
+    /// counts its elements) or, made without one (by hand, or by an older release), is empty right now.
+    pub fn deletion_is_guarded(&mut self, table: &str, sets: &[&str]) -> bool {
+        let Ok(sizes) = self.set_sizes(table) else { return false };
+        sets.iter().all(|set| match sizes.iter().find(|(name, _)| name == set) {
+            None | Some((_, Some(_))) => true,
+            Some((_, None)) => self.elements(table, set).is_ok_and(|e| e.is_empty()),
+        })
     }
 
     /// The elements of an address set or address → verdict map.

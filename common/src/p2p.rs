@@ -73,6 +73,18 @@ pub fn container_routes(oif: u32, ips: &[IpConfig], routes: &[Route]) -> Result<
     Ok(out)
 }
 
+/// Refuse an ADD for an attachment whose host veth is there, before IPAM runs: the IPAM plugin would hand
+/// back the live pod's address, and rolling back the failed ADD would then release it.
+pub fn refuse_live(rtnl: &Rtnl, node: &Handle, host_ifname: &str, container_id: &str, ifname: &str) -> Result<()> {
+    match rtnl.block_on(netlink::link_by_name(node, host_ifname))? {
+        None => Ok(()),
+        Some(link) => Err(CniError::AttachmentExists(format!(
+            "{host_ifname} ({}) for container {container_id} interface {ifname} is already on the node: DEL it first",
+            link.alias.as_deref().unwrap_or("no alias")
+        ))),
+    }
+}
+
 /// Create and configure the veth pair; on failure, remove it again and return the first error.
 /// Returns the host and container interfaces for the result.
 pub fn setup(
@@ -197,6 +209,18 @@ pub fn teardown(
         })?;
     }
     Ok(())
+}
+
+/// Delete the host veth that carries `alias`, whatever its name.
+pub fn teardown_by_alias(rtnl: &Rtnl, node: &Handle, alias: &str) -> Result<()> {
+    rtnl.block_on(async {
+        for link in netlink::links(node).await? {
+            if link.alias.as_deref() == Some(alias) {
+                netlink::delete_link(node, link.index).await?;
+            }
+        }
+        Ok(())
+    })
 }
 
 /// Delete every host veth tagged by `owner` whose attachment is not in `valid`.

@@ -209,6 +209,14 @@ pub fn validate_mtu(mtu: Option<u32>) -> Result<()> {
     }
 }
 
+/// A value DEL reads but must not fail on: None when it is missing or of another type.
+pub fn lenient<'de, D: Deserializer<'de>, T: serde::de::DeserializeOwned>(
+    d: D,
+) -> std::result::Result<Option<T>, D::Error> {
+    let value = Value::deserialize(d)?;
+    Ok(T::deserialize(value).ok())
+}
+
 /// A number given as a JSON number or a numeric string (AWS configs write `"mtu": "9001"`).
 pub fn number_or_string<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Option<u32>, D::Error> {
     #[derive(Deserialize)]

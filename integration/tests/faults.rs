@@ -138,7 +138,15 @@ fn assert_nothing_left(node: &Netns, stores: &Path, context: &str) {
             assert!(reservations_in(&net.path()).is_empty(), "{context}: reservations left: {files}");
         }
     }
-    for set in ["pods_v4", "pods_v6", "egress_v4_192_0_2_1"] {
+    for set in [
+        "pods_v4",
+        "pods_v6",
+        "ptp_pods_v4",
+        "ptp_pods_v6",
+        "masq_group_8_v4",
+        "masq_group_8_v6",
+        "egress_v4_192_0_2_1",
+    ] {
         assert!(node.nft_elements(set).is_empty(), "{context}: elements left in {set}");
     }
     assert_no_lock_held(stores);
@@ -208,6 +216,7 @@ fn nftables_refusing_rolls_back_the_whole_add() {
     let stores = TempDir::new("faults-nft");
     let pod = Netns::new();
     impostor_chain(&node, "masq_pods");
+    impostor_chain(&node, "ptp_masq");
     impostor_chain(&node, "egress_v4_192_0_2_1");
     // ptp turns forwarding on (and the kernel adds anycast routes): that is meant to stay.
     for key in ["net.ipv4.ip_forward", "net.ipv6.conf.all.forwarding"] {

@@ -88,6 +88,7 @@ impl Plugin for EgressV4 {
         let rtnl = Rtnl::new()?;
         let node = rtnl.connect()?;
         let snat = Snat { table: DEFAULT_TABLE, node_ip: node_ip(&s, &rtnl, &node)?, ports: s.ports };
+        p2p::refuse_live(&rtnl, &node, &n.host_ifname, &inv.container_id, &inv.ifname)?;
         let allocated = ipam::exec(inv, Command::Add)?.unwrap_or_default();
         let wired = (|| {
             let (ip, pod_ip) = egress_address(&allocated)?;

@@ -2,8 +2,8 @@
 //! with its attachment) and one base chain whose single rule SNATs the set to that node address.
 //! The rules never change with pods; pods only add and remove set elements.
 
-use common::masq::{delete_table_if_empty, multicast};
-use common::nft::{Batch, Element, Nft, PortSelection, Rule, MAX_COMMENT};
+use common::masq::{check_tag, delete_table_if_empty, multicast, remove_tagged};
+use common::nft::{Batch, Element, Nft, PortSelection, Rule};
 use common::{CniError, Result};
 use std::net::{IpAddr, Ipv4Addr};
 
@@ -44,12 +44,7 @@ impl Snat<'_> {
     /// SNAT `pod_ip` of attachment `tag`. One batch: the structure (created if missing, rule rewritten so
     /// concurrent ADDs converge), any stale element for the same address, and the new element.
     pub fn add(&self, nft: &mut Nft, tag: &str, pod_ip: Ipv4Addr) -> Result<()> {
-        if tag.len() > MAX_COMMENT {
-            return Err(CniError::InvalidConfig(format!(
-                "network name and container ID are too long ({} bytes) to tag nftables elements",
-                tag.len()
-            )));
-        }
+        check_tag(tag)?;
         let name = self.name();
         let key = IpAddr::V4(pod_ip);
         let mut b = Batch::new();
@@ -111,29 +106,8 @@ fn remove_where(nft: &mut Nft, table: &str, drop: impl Fn(&str) -> bool) -> Resu
         return Ok(0);
     }
     let mut removed = 0;
-    for (set, mut elements) in egress_sets(nft, table)? {
-        // A concurrent change between our read and our batch voids the batch (seen as ENOENT under load):
-        // read the set again and retry; what counts is that the elements are gone.
-        for attempt in 0.. {
-            let gone: Vec<IpAddr> =
-                elements.iter().filter(|e| e.comment.as_deref().is_some_and(&drop)).map(|e| e.key).collect();
-            if gone.is_empty() {
-                break;
-            }
-            let mut b = Batch::new();
-            b.delete_elements(table, &set, &gone);
-            match nft.apply(&b, "removing the pod's egress SNAT") {
-                Ok(()) => {
-                    removed += gone.len();
-                    break;
-                }
-                Err(e) if attempt < 3 => {
-                    log::info!("{e}: reading set {set} again");
-                    elements = nft.elements(table, &set)?;
-                }
-                Err(e) => return Err(e),
-            }
-        }
+    for (set, elements) in egress_sets(nft, table)? {
+        removed += remove_tagged(nft, table, &set, elements, &drop)?;
         // Tried whenever the set may be empty now, not just when our dump said so: concurrent DELs each see
         // the others' elements, and the kernel's "only if empty" check is the one that is never stale.
         prune(nft, table, &set);

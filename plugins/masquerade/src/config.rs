@@ -2,7 +2,7 @@
 
 use common::linkgroup::GroupRef;
 use common::masq::{validate_table, DEFAULT_TABLE};
-use common::types::parse_cidr;
+use common::types::{lenient, parse_cidr};
 use common::{CniError, Result};
 use ipnetwork::IpNetwork;
 use serde::Deserialize;
@@ -21,6 +21,22 @@ pub struct MasqConf {
     random_fully: Option<bool>,
     #[serde(rename = "excludeCIDRs", default)]
     exclude_cidrs: Option<Vec<String>>,
+}
+
+/// The table a DEL looks in: the configured one when it is usable, else ours by default (where an ADD
+/// with an unusable table could not have put anything, so looking costs nothing).
+pub fn table_for_del(config: Result<TableOnly>) -> String {
+    match config.ok().and_then(|t| t.table) {
+        Some(t) if validate_table(&t).is_ok() => t,
+        _ => DEFAULT_TABLE.into(),
+    }
+}
+
+/// The one key DEL reads, of any JSON type.
+#[derive(Debug, Deserialize)]
+pub struct TableOnly {
+    #[serde(default, deserialize_with = "lenient")]
+    table: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -3,7 +3,7 @@
 
 mod config;
 
-use common::masq::{GroupMasq, PodMasq};
+use common::masq::{remove_group_members, GroupMasq, PodMasq, PodMasqNames};
 use common::names::Owner;
 use common::nft::Nft;
 use common::types::network_of;
@@ -17,12 +17,17 @@ fn settings(inv: &Invocation) -> Result<Settings> {
     inv.config.plugin::<MasqConf>()?.settings()
 }
 
+/// DEL needs nothing of the config but the table: a mode or group it cannot read must not leak the pod.
+fn table_for_del(inv: &Invocation) -> String {
+    config::table_for_del(inv.config.plugin::<config::TableOnly>())
+}
+
 fn owner(inv: &Invocation) -> Owner<'_> {
     Owner { plugin: "masquerade", network: &inv.config.net.name }
 }
 
-fn pod_masq(s: &Settings) -> PodMasq<'_> {
-    PodMasq { table: &s.table, random_fully: s.random_fully }
+fn pod_masq(table: &str, random_fully: bool) -> PodMasq<'_> {
+    PodMasq { table, random_fully, names: PodMasqNames::MASQUERADE }
 }
 
 /// Resolve the group mode's names into numbers (ADD, CHECK and GC only, as for linkGroup).
@@ -43,43 +48,40 @@ impl Plugin for Masquerade {
     fn add(inv: &Invocation) -> Result<CniResult> {
         let s = settings(inv)?;
         let prev = inv.config.require_prev_result()?;
+        let ips: Vec<_> = prev.ips.iter().map(|ip| ip.address.ip()).collect();
+        let tag = owner(inv).alias(&inv.container_id, &inv.ifname)?;
         let mut nft = Nft::open()?;
         match &s.mode {
-            Mode::Group { .. } => with_group(&s, |g| g.ensure(&mut nft))?,
+            Mode::Group { .. } => with_group(&s, |g| g.add(&mut nft, &tag, &ips))?,
             Mode::Pod { excludes } => {
-                let ips: Vec<_> = prev.ips.iter().map(|ip| ip.address.ip()).collect();
                 let excludes =
                     excludes.clone().unwrap_or_else(|| prev.ips.iter().map(|ip| network_of(ip.address)).collect());
-                let tag = owner(inv).alias(&inv.container_id, &inv.ifname)?;
-                pod_masq(&s).add(&mut nft, &tag, &ips, &excludes)?;
+                pod_masq(&s.table, s.random_fully).add(&mut nft, &tag, &ips, &excludes)?;
             }
         }
         Ok(prev)
     }
 
+    /// Whatever the mode says now, the attachment's tag finds what ADD made (the mode may have changed).
+    /// The last member of a group rule takes the rule with it.
     fn del(inv: &Invocation) -> Result<()> {
-        let s = settings(inv)?;
-        match s.mode {
-            // The shared rule stays for the other pods; GC removes it.
-            Mode::Group { .. } => Ok(()),
-            Mode::Pod { .. } => {
-                let tag = owner(inv).alias(&inv.container_id, &inv.ifname)?;
-                pod_masq(&s).del(&mut Nft::open()?, &tag)
-            }
-        }
+        let table = table_for_del(inv);
+        let tag = owner(inv).alias(&inv.container_id, &inv.ifname)?;
+        let mut nft = Nft::open()?;
+        let pods = pod_masq(&table, true).del(&mut nft, &tag);
+        let groups = remove_group_members(&mut nft, &table, |t| t == tag).map(|_| ());
+        pods.and(groups)
     }
 
     fn check(inv: &Invocation) -> Result<()> {
         let s = settings(inv)?;
         let prev = inv.config.require_prev_result()?;
+        let ips: Vec<_> = prev.ips.iter().map(|ip| ip.address.ip()).collect();
+        let tag = owner(inv).alias(&inv.container_id, &inv.ifname)?;
         let mut nft = Nft::open()?;
         match &s.mode {
-            Mode::Group { .. } => with_group(&s, |g| g.check(&mut nft)),
-            Mode::Pod { .. } => {
-                let ips: Vec<_> = prev.ips.iter().map(|ip| ip.address.ip()).collect();
-                let tag = owner(inv).alias(&inv.container_id, &inv.ifname)?;
-                pod_masq(&s).check(&mut nft, &tag, &ips)
-            }
+            Mode::Group { .. } => with_group(&s, |g| g.check(&mut nft, &tag, &ips)),
+            Mode::Pod { .. } => pod_masq(&s.table, s.random_fully).check(&mut nft, &tag, &ips),
         }
     }
 
@@ -89,25 +91,23 @@ impl Plugin for Masquerade {
         usable.map(|_| ()).map_err(|e| CniError::NotAvailable(format!("nftables is not usable here: {e}")))
     }
 
+    /// Only this network's attachments: another network's pods may share a group rule, and the rule goes
+    /// only with the last member of any network.
     fn gc(inv: &Invocation) -> Result<()> {
         let s = settings(inv)?;
         let valid: HashSet<(String, String)> =
             inv.config.valid_attachments().into_iter().map(|a| (a.container_id, a.ifname)).collect();
+        let owner = owner(inv);
+        let prefix = owner.prefix();
+        let stale = |tag: &str| {
+            tag.starts_with(&prefix)
+                && !owner.attachment(tag).is_some_and(|(c, i)| valid.contains(&(c.to_string(), i.to_string())))
+        };
         let mut nft = Nft::open()?;
-        match &s.mode {
-            Mode::Group { .. } if valid.is_empty() => with_group(&s, |g| g.remove(&mut nft)),
-            Mode::Group { .. } => Ok(()),
-            Mode::Pod { .. } => {
-                let owner = owner(inv);
-                let prefix = owner.prefix();
-                let is_valid = |tag: &str| {
-                    owner.attachment(tag).is_some_and(|(c, i)| valid.contains(&(c.to_string(), i.to_string())))
-                };
-                let removed = pod_masq(&s).gc(&mut nft, &prefix, is_valid)?;
-                log::info!("GC removed the masquerade of {removed} addresses");
-                Ok(())
-            }
-        }
+        let pods = pod_masq(&s.table, s.random_fully).gc(&mut nft, &prefix, |t| !stale(t))?;
+        let members = remove_group_members(&mut nft, &s.table, stale)?;
+        log::info!("GC removed the masquerade of {pods} addresses and {members} group memberships");
+        Ok(())
     }
 }
 

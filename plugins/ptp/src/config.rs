@@ -1,7 +1,7 @@
 //! ptp's configuration: the reference ptp's keys plus `linkGroup` and `vethPrefix`.
 
 use common::linkgroup::GroupRef;
-use common::types::{number_or_string, validate_mtu, Dns};
+use common::types::{lenient, number_or_string, validate_mtu, Dns};
 use common::{CniError, Result};
 use serde::Deserialize;
 
@@ -23,6 +23,25 @@ pub struct PtpConf {
 
 fn default_prefix() -> String {
     "veth".into()
+}
+
+/// What DEL needs of the config: the names that find the attachment. A value DEL does not need (a bad MTU,
+/// an unknown backend, a group of the wrong type) must not leak the pod, so nothing else is read.
+#[derive(Debug, PartialEq, Eq)]
+pub struct DelSettings {
+    pub veth_prefix: String,
+}
+
+/// The keys DEL reads, of any JSON type.
+#[derive(Debug, Deserialize)]
+pub struct DelConf {
+    #[serde(rename = "vethPrefix", default, deserialize_with = "lenient")]
+    veth_prefix: Option<String>,
+}
+
+pub fn del_settings(config: Result<DelConf>) -> DelSettings {
+    let prefix = config.ok().and_then(|c| c.veth_prefix);
+    DelSettings { veth_prefix: prefix.unwrap_or_else(default_prefix) }
 }
 
 /// What the config resolves to, checked before anything is changed.
@@ -83,6 +102,14 @@ mod tests {
     fn link_group_by_number() {
         assert_eq!(parse(r#"{"linkGroup": 8}"#).unwrap().group, Some(GroupRef::Number(8)));
         assert_eq!(parse(r#"{"linkGroup": "8"}"#).unwrap().group, Some(GroupRef::Number(8)));
+    }
+
+    #[test]
+    fn del_reads_only_the_veth_prefix() {
+        let del = |json: &str| del_settings(serde_json::from_str(json).map_err(|e| CniError::Decode(e.to_string())));
+        assert_eq!(del(r#"{"mtu":"x","ipMasqBackend":"bpf","vethPrefix":"p"}"#).veth_prefix, "p");
+        assert_eq!(del(r#"{"vethPrefix":7}"#).veth_prefix, "veth");
+        assert_eq!(del("{}").veth_prefix, "veth");
     }
 
     #[test]

@@ -3,7 +3,7 @@
 mod config;
 
 use common::linkgroup::GroupRef;
-use common::masq::{PodMasq, DEFAULT_TABLE};
+use common::masq::{PodMasq, PodMasqNames, DEFAULT_TABLE};
 use common::names::{self, Owner};
 use common::netlink::Rtnl;
 use common::netns::Netns;
@@ -23,8 +23,9 @@ fn owner(inv: &Invocation) -> Owner<'_> {
     Owner { plugin: "ptp", network: &inv.config.net.name }
 }
 
-/// `ipMasq`: the masquerade plugin's pod mode, in its default table, excluding each address's own subnet.
-const MASQ: PodMasq<'static> = PodMasq { table: DEFAULT_TABLE, random_fully: true };
+/// `ipMasq`: the masquerade plugin's pod mode, in its default table but with maps and chains of ptp's own (a
+/// masquerade plugin later in the chain may hold the same pod), excluding each address's own subnet.
+const MASQ: PodMasq<'static> = PodMasq { table: DEFAULT_TABLE, random_fully: true, names: PodMasqNames::PTP };
 
 fn masquerade(inv: &Invocation, result: &CniResult) -> Result<()> {
     let ips: Vec<_> = result.ips.iter().map(|ip| ip.address.ip()).collect();
@@ -41,6 +42,7 @@ impl Plugin for Ptp {
         let pod = Netns::open(&inv.netns)?;
         let rtnl = Rtnl::new()?;
         let node = rtnl.connect()?;
+        p2p::refuse_live(&rtnl, &node, &host_ifname, &inv.container_id, &inv.ifname)?;
         let mut result = ipam::exec(inv, Command::Add)?.unwrap_or_default();
         let wired = (|| {
             if result.ips.is_empty() {
@@ -83,8 +85,7 @@ impl Plugin for Ptp {
     }
 
     fn del(inv: &Invocation) -> Result<()> {
-        let s = settings(inv)?;
-        let host_ifname = names::host_ifname(&s.veth_prefix, &inv.container_id, &inv.ifname)?;
+        let d = config::del_settings(inv.config.plugin());
         let alias = owner(inv).alias(&inv.container_id, &inv.ifname)?;
         // A missing netns is normal for DEL: the host end is found by name.
         let pod = Netns::open_for_del(&inv.netns)?;
@@ -93,8 +94,13 @@ impl Plugin for Ptp {
         let addresses = ipam::start(inv, Command::Del)?;
         let rtnl = Rtnl::new()?;
         let node = rtnl.connect()?;
-        let links = p2p::teardown(&rtnl, &node, &host_ifname, &alias, pod.as_ref(), &inv.ifname);
-        let masq = if s.ip_masq { Nft::open().and_then(|mut nft| MASQ.del(&mut nft, &alias)) } else { Ok(()) };
+        let links = match names::host_ifname(&d.veth_prefix, &inv.container_id, &inv.ifname) {
+            Ok(host_ifname) => p2p::teardown(&rtnl, &node, &host_ifname, &alias, pod.as_ref(), &inv.ifname),
+            // A vethPrefix no ADD could have used: the tag still finds a veth made under an older config.
+            Err(_) => p2p::teardown_by_alias(&rtnl, &node, &alias),
+        };
+        // ipMasq may have been switched off since ADD: the tag finds ptp's elements either way.
+        let masq = Nft::open().and_then(|mut nft| MASQ.del(&mut nft, &alias));
         let addresses = addresses.finish().map(|_| ());
         links.and(masq).and(addresses)
     }

@@ -1,0 +1,201 @@
+//! What operators meet in the field: two networks sharing a node's group rule, a repeated ADD, a DEL whose
+//! config no longer reads, and ptp's ipMasq chained with the masquerade plugin. Real kernel, real traffic.
+
+use integration::runtimes::node_with_uplink;
+use integration::{reservations_in, Call, Chain, Netns, TempDir};
+use serde_json::{json, Value};
+use std::net::IpAddr;
+use std::path::Path;
+
+fn has_table(node: &Netns, table: &str) -> bool {
+    node.nft_json()["nftables"].as_array().unwrap().iter().any(|o| o.get("table").is_some_and(|t| t["name"] == table))
+}
+
+fn our_rules(node: &Netns) -> usize {
+    node.nft_json()["nftables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|o| o.get("rule").is_some_and(|r| r["table"] == "cni_chain"))
+        .count()
+}
+
+/// The shipped masquerade chain as network `name` with its own IPv4/IPv6 ranges and store, at 1.1.0 (GC).
+fn masq_network(name: &str, v4: &str, v6: &str, stores: &Path) -> Chain {
+    let mut chain = Chain::shipped_in("20-cni-chain-masquerade.conflist", stores);
+    chain.list["name"] = json!(name);
+    chain.list["plugins"][0]["ipam"]["ranges"] = json!([[{"subnet": v4}], [{"subnet": v6}]]);
+    chain.list["plugins"][0]["ipam"]["dataDir"] = json!(stores.join(name));
+    chain
+}
+
+fn all_ok(replies: Vec<integration::Reply>) {
+    for r in replies {
+        r.ok();
+    }
+}
+
+/// Point 1: GC of network B with no valid attachment leaves network A's pods their shared group rule; the
+/// last DEL of any network removes the rule and our table, with no GC.
+#[test]
+fn two_networks_share_the_group_rule_until_the_last_pod_of_either_goes() {
+    let (node, outside) = node_with_uplink();
+    let stores = TempDir::new("field-shared");
+    let a = masq_network("net-a", "10.81.0.0/24", "fd81::/64", stores.path());
+    let b = masq_network("net-b", "10.82.0.0/24", "fd82::/64", stores.path());
+    let pods: Vec<Netns> = (0..3).map(|_| Netns::new()).collect();
+    let ra1 = a.add(&node, "a1", pods[0].path());
+    let ra2 = a.add(&node, "a2", pods[1].path());
+    let rb1 = b.add(&node, "b1", pods[2].path());
+    assert_eq!(our_rules(&node), 1, "one rule for both networks");
+
+    // The runtime of network B forgot all its pods: B's GC must not take A's egress away.
+    b.gc(&node, &[]);
+    assert_eq!(outside.peer_of(&pods[0], "192.0.2.2"), Some("192.0.2.1".parse::<IpAddr>().unwrap()));
+    assert_eq!(outside.peer_of(&pods[1], "2001:db8::2"), Some("2001:db8::1".parse::<IpAddr>().unwrap()));
+    all_ok(a.check(&node, "a1", pods[0].path(), &ra1));
+    all_ok(a.check(&node, "a2", pods[1].path(), &ra2));
+
+    // The pods go one by one; the rule stays while any is left, and the last DEL takes the table.
+    b.del(&node, "b1", pods[2].path(), Some(&rb1));
+    a.del(&node, "a1", pods[0].path(), Some(&ra1));
+    assert_eq!(our_rules(&node), 1, "a2 still uses the rule");
+    assert_eq!(outside.peer_of(&pods[1], "192.0.2.2"), Some("192.0.2.1".parse::<IpAddr>().unwrap()));
+    a.del(&node, "a2", pods[1].path(), None);
+    assert!(!has_table(&node, "cni_chain"), "{}", node.nft(&["list", "ruleset"]));
+}
+
+/// masquerade alone in group mode for network `net`, with the prevResult a main plugin would give.
+fn group_masq(net: &str, addrs: &[String]) -> Vec<u8> {
+    let ips: Vec<Value> = addrs.iter().map(|a| json!({"address": a})).collect();
+    let c = json!({"cniVersion": "1.1.0", "name": net, "type": "masquerade", "mode": "group",
+        "prevResult": {"cniVersion": "1.1.0", "ips": ips}});
+    serde_json::to_vec(&c).unwrap()
+}
+
+fn concurrently(n: usize, threads: usize, f: impl Fn(usize) + Sync) {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                if i >= n {
+                    break;
+                }
+                f(i);
+            });
+        }
+    });
+}
+
+/// Point 1 under load: ADDs and DELs of two networks interleave; whichever DEL is last takes the table,
+/// and no ADD ever loses its rule to a concurrent last DEL.
+#[test]
+fn a_hundred_concurrent_adds_and_dels_across_two_networks_end_with_no_table() {
+    let node = Netns::new();
+    let net = |i: usize| if i % 2 == 0 { "net-a" } else { "net-b" };
+    let addr = |i: usize| vec![format!("10.83.{}.{}/16", i / 200, i % 200 + 2), format!("fd83::{:x}/64", i + 2)];
+    concurrently(100, 8, |i| {
+        let id = format!("c{i}");
+        let conf = group_masq(net(i), &addr(i));
+        Call::new("masquerade", "ADD", &id, node.path()).run(&node, &conf).ok();
+        // Every live pod's rule and membership hold while others come and go.
+        Call::new("masquerade", "CHECK", &id, node.path()).run(&node, &conf).ok();
+        Call::new("masquerade", "DEL", &id, "").run(&node, &conf).ok();
+    });
+    assert!(!has_table(&node, "cni_chain"), "{}", node.nft(&["list", "ruleset"]));
+}
+
+/// Point 3: a second ADD for a live attachment fails, and its rollback never frees the live pod's address.
+#[test]
+fn a_repeated_add_keeps_the_live_pods_address() {
+    let (node, _outside) = node_with_uplink();
+    node.ip(&["route", "add", "default", "via", "192.0.2.2"]);
+    let stores = TempDir::new("field-again");
+    for conflist in ["10-cni-chain-ptp.conflist", "30-cni-chain-egress-v4.conflist"] {
+        let chain = Chain::shipped_in(conflist, stores.path());
+        let last = chain.plugins() - 1;
+        let pod = Netns::new();
+        let r = chain.add(&node, "again", pod.path());
+        let held = reservations(stores.path());
+        // The runtime repeats the last plugin's ADD (ptp's or egress-v4's), as after a lost reply.
+        let first_prev = (last > 0).then(|| ptp_result_of(&r));
+        let conf = serde_json::to_vec(&chain.config(last, first_prev.as_ref())).unwrap();
+        let msg = Call::new(&chain.kind(last), "ADD", "again", pod.path()).run(&node, &conf).err(109);
+        assert!(msg.contains("DEL it first"), "{msg}");
+        assert_eq!(reservations(stores.path()), held, "{conflist}: the live pod's reservations are kept");
+        all_ok(chain.check(&node, "again", pod.path(), &r));
+        // The next pod gets other addresses.
+        let next = Netns::new();
+        let r2 = chain.add(&node, "next", next.path());
+        let ips = |r: &Value| r["ips"].as_array().unwrap().iter().map(|i| i["address"].clone()).collect::<Vec<_>>();
+        assert!(ips(&r2).iter().all(|a| !ips(&r).contains(a)), "{conflist}: {r2} reuses {r}");
+        chain.del(&node, "next", next.path(), Some(&r2));
+        chain.del(&node, "again", pod.path(), Some(&r));
+    }
+    assert!(reservations(stores.path()).is_empty());
+}
+
+/// The egress-v4 chain's result without egress-v4's interfaces: what ptp returned.
+fn ptp_result_of(r: &Value) -> Value {
+    let mut p = r.clone();
+    p["interfaces"].as_array_mut().unwrap().truncate(2);
+    p
+}
+
+/// Reservations of every store below `stores`.
+fn reservations(stores: &Path) -> Vec<String> {
+    let mut all = Vec::new();
+    for dir in std::fs::read_dir(stores).into_iter().flatten().flatten() {
+        for net in std::fs::read_dir(dir.path()).into_iter().flatten().flatten() {
+            all.extend(reservations_in(&net.path()).into_iter().map(|r| format!("{}/{r}", net.path().display())));
+        }
+    }
+    all.sort();
+    all
+}
+
+/// Point 5: a config changed into something ADD would refuse (a mode that does not exist, an MTU that is
+/// no number) still lets the runtime's chain DEL remove everything.
+#[test]
+fn del_with_a_config_add_would_refuse_leaves_nothing() {
+    let (node, _outside) = node_with_uplink();
+    let stores = TempDir::new("field-del");
+    let mut chain = Chain::shipped_in("20-cni-chain-masquerade.conflist", stores.path());
+    let pod = Netns::new();
+    let r = chain.add(&node, "typo", pod.path());
+    chain.list["plugins"][2]["mode"] = json!("groups");
+    chain.list["plugins"][2]["podGroup"] = json!([8]);
+    chain.list["plugins"][0]["mtu"] = json!("x");
+    chain.list["plugins"][0]["ipMasqBackend"] = json!("iptables");
+    let conf = serde_json::to_vec(&chain.config(2, Some(&r))).unwrap();
+    Call::new("masquerade", "ADD", "typo2", pod.path()).run(&node, &conf).err(6);
+    chain.del(&node, "typo", pod.path(), Some(&r));
+    chain.del(&node, "typo", pod.path(), None);
+    let veths: Vec<String> = node.veths().into_iter().filter(|v| v != "uplink").collect();
+    assert!(veths.is_empty(), "{veths:?}");
+    assert!(reservations(stores.path()).is_empty());
+    assert!(!has_table(&node, "cni_chain"), "{}", node.nft(&["list", "ruleset"]));
+}
+
+/// Point 5: ptp's ipMasq and the masquerade plugin's pod mode for the same pod each keep their own state:
+/// both CHECKs pass after ADD, egress is masqueraded, and both DELs leave nothing.
+#[test]
+fn ptp_ip_masq_and_masquerade_pod_mode_hold_the_same_pod() {
+    let (node, outside) = node_with_uplink();
+    let stores = TempDir::new("field-both");
+    let chain = Chain::new(json!({
+        "cniVersion": "1.0.0", "name": "both",
+        "plugins": [
+            {"type": "ptp", "ipMasq": true, "ipam": {"type": "host-local", "dataDir": stores.str(),
+                "ranges": [[{"subnet": "10.84.0.0/24"}]], "routes": [{"dst": "0.0.0.0/0"}]}},
+            {"type": "masquerade", "mode": "pod"}
+        ]
+    }));
+    let pod = Netns::new();
+    let r = chain.add(&node, "both", pod.path());
+    all_ok(chain.check(&node, "both", pod.path(), &r));
+    assert_eq!(outside.peer_of(&pod, "192.0.2.2"), Some("192.0.2.1".parse::<IpAddr>().unwrap()));
+    chain.del(&node, "both", pod.path(), Some(&r));
+    assert!(!has_table(&node, "cni_chain"), "{}", node.nft(&["list", "ruleset"]));
+}
