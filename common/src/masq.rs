@@ -175,6 +175,9 @@ pub fn remove_group_members(nft: &mut Nft, table: &str, drop: impl Fn(&str) -> b
         // The kernel refuses the whole batch while either set holds a member, even one a concurrent ADD
         // just added: the rule then stays for it.
         let [v4, v6] = member_sets(chain);
+        if !nft.deletion_is_guarded(table, &[&v4, &v6]) {
+            continue;
+        }
         let mut b = Batch::new();
         b.flush_chain(table, chain)
             .delete_chain(table, chain)
@@ -376,7 +379,7 @@ impl PodMasq<'_> {
             b.flush_chain(self.table, chain).delete_chain(self.table, chain);
             nft.apply_if_unused(&b, "removing an unused exclusion chain");
         }
-        if kept.is_empty() && chains.iter().any(|c| c == n.chain) {
+        if kept.is_empty() && chains.iter().any(|c| c == n.chain) && nft.deletion_is_guarded(self.table, &n.maps) {
             let mut b = Batch::new();
             b.flush_chain(self.table, n.chain)
                 .delete_chain(self.table, n.chain)

@@ -93,7 +93,7 @@ fn concurrently(n: usize, threads: usize, f: impl Fn(usize) + Sync) {
 #[test]
 fn a_hundred_concurrent_adds_and_dels_across_two_networks_end_with_no_table() {
     let node = Netns::new();
-    let net = |i: usize| if i % 2 == 0 { "net-a" } else { "net-b" };
+    let net = |i: usize| if i.is_multiple_of(2) { "net-a" } else { "net-b" };
     let addr = |i: usize| vec![format!("10.83.{}.{}/16", i / 200, i % 200 + 2), format!("fd83::{:x}/64", i + 2)];
     concurrently(100, 8, |i| {
         let id = format!("c{i}");

@@ -119,6 +119,9 @@ fn remove_where(nft: &mut Nft, table: &str, drop: impl Fn(&str) -> bool) -> Resu
 /// Best effort: remove a node address's chain and set once empty. The kernel refuses to delete a set
 /// that a concurrent ADD just put an element in, and then the whole batch is void.
 fn prune(nft: &mut Nft, table: &str, name: &str) {
+    if !nft.deletion_is_guarded(table, &[name]) {
+        return;
+    }
     let mut b = Batch::new();
     b.flush_chain(table, name).delete_chain(table, name).delete_empty_set(table, name);
     nft.apply_if_unused(&b, "removing an unused egress SNAT chain");
