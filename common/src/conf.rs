@@ -1,6 +1,7 @@
 //! The part of a network configuration every plugin reads; each plugin reads its own keys from the same bytes.
 
 use crate::error::{CniError, Result};
+use crate::gojson::{self, UnknownKey};
 use crate::types::{Attachment, CniResult, Dns};
 use crate::version::CniVersion;
 use serde::de::DeserializeOwned;
@@ -42,28 +43,76 @@ pub struct NetConf {
     pub log_level: Option<String>,
 }
 
-/// The config as read from stdin: typed common part plus the raw bytes for plugin-specific keys.
+/// The config as read from stdin: typed common part plus the raw bytes for plugin-specific keys. Both are
+/// read with Go's `encoding/json` rules (`gojson`), as the reference plugins read them.
 #[derive(Debug, Clone)]
 pub struct Config {
     pub net: NetConf,
     pub version: CniVersion,
     raw: Vec<u8>,
+    /// Top-level keys the common part does not take, with the common part's own keys.
+    beyond_common: Vec<UnknownKey>,
 }
+
+/// Keys runtimes add to a plugin's config that no plugin reads.
+const RUNTIME_KEYS: [&str; 1] = ["capabilities"];
+/// What runtimes pass inside these is meant for whichever plugin takes it: the rest is not a typo.
+const RUNTIME_SECTIONS: [&str; 2] = ["runtimeConfig.", "args."];
 
 impl Config {
     pub fn parse(raw: Vec<u8>) -> Result<Self> {
-        let net: NetConf =
-            serde_json::from_slice(&raw).map_err(|e| CniError::Decode(format!("network config: {e}")))?;
+        let (net, unknown): (NetConf, _) =
+            gojson::from_slice(&raw).map_err(|e| CniError::Decode(format!("network config: {e}")))?;
         let version = CniVersion::parse(&net.cni_version)?;
         if !net.name.is_empty() {
             validate_network_name(&net.name)?;
         }
-        Ok(Config { net, version, raw })
+        let beyond_common = unknown.into_iter().filter(|u| !u.path.contains('.')).collect();
+        Ok(Config { net, version, raw, beyond_common })
     }
 
-    /// The plugin's own view of the same config.
+    /// The plugin's own view of the same config. Keys neither it nor the common part takes are accepted, as
+    /// the spec asks, and logged with the nearest known key, so that a typo is found.
     pub fn plugin<T: DeserializeOwned>(&self) -> Result<T> {
-        serde_json::from_slice(&self.raw).map_err(|e| CniError::Decode(format!("{} config: {e}", self.net.kind)))
+        self.decode(|_| true)
+    }
+
+    /// An IPAM plugin's view: it reads the `ipam` section, and the main plugin's keys beside it are not its
+    /// to report.
+    pub fn ipam<T: DeserializeOwned>(&self) -> Result<T> {
+        self.decode(|key| key.path.starts_with("ipam."))
+    }
+
+    fn decode<T: DeserializeOwned>(&self, report: impl Fn(&UnknownKey) -> bool) -> Result<T> {
+        let (conf, unknown) =
+            gojson::from_slice(&self.raw).map_err(|e| CniError::Decode(format!("{} config: {e}", self.net.kind)))?;
+        let runtime_given = |k: &UnknownKey| RUNTIME_SECTIONS.iter().any(|s| k.path.starts_with(s));
+        for key in unknown.iter().filter(|k| report(k) && !runtime_given(k)) {
+            let top_level = !key.path.contains('.');
+            if top_level && !self.beyond_common.iter().any(|c| c.path == key.path) {
+                continue;
+            }
+            if top_level && RUNTIME_KEYS.contains(&key.path.as_str()) {
+                continue;
+            }
+            let name = key.path.rsplit('.').next().unwrap_or(&key.path);
+            let common = self.beyond_common.first().map(|c| c.known.clone()).unwrap_or_default();
+            let known = key.known.iter().chain(if top_level { common.iter() } else { [].iter() });
+            match gojson::nearest(name, known.copied()) {
+                Some(near) => {
+                    log::warn!("config key {:?} is not one {} reads: did you mean {near:?}?", key.path, self.net.kind)
+                }
+                None => log::warn!("config key {:?} is not one {} reads", key.path, self.net.kind),
+            }
+        }
+        Ok(conf)
+    }
+
+    /// A few of the plugin's keys, for a verb that needs no more (DEL): the other keys are not reported.
+    pub fn plugin_part<T: DeserializeOwned>(&self) -> Result<T> {
+        gojson::from_slice(&self.raw)
+            .map(|(part, _)| part)
+            .map_err(|e| CniError::Decode(format!("{} config: {e}", self.net.kind)))
     }
 
     pub fn raw(&self) -> &[u8] {

@@ -147,7 +147,7 @@ impl CniResult {
                 )));
             }
         }
-        CniResult::deserialize(v).map_err(|e| CniError::Decode(format!("result: {e}")))
+        crate::gojson::from_value(v.clone()).map(|(r, _)| r).map_err(|e| CniError::Decode(format!("result: {e}")))
     }
 
     /// The result as the spec's JSON for `version`: fields a version lacks are left out.
@@ -202,10 +202,12 @@ pub struct Attachment {
 }
 
 /// An MTU from a config: IPv4's minimum up to the largest a veth takes.
-pub fn validate_mtu(mtu: Option<u32>) -> Result<()> {
+pub fn validate_mtu(mtu: Option<u32>) -> Result<Option<u32>> {
     match mtu {
+        // Go's zero value: the reference plugins leave the MTU to the kernel then.
+        Some(0) | None => Ok(None),
         Some(m) if !(68..=65535).contains(&m) => Err(CniError::InvalidConfig(format!("mtu {m} is outside 68..65535"))),
-        _ => Ok(()),
+        Some(m) => Ok(Some(m)),
     }
 }
 

@@ -199,3 +199,37 @@ fn ptp_ip_masq_and_masquerade_pod_mode_hold_the_same_pod() {
     chain.del(&node, "both", pod.path(), Some(&r));
     assert!(!has_table(&node, "cni_chain"), "{}", node.nft(&["list", "ruleset"]));
 }
+
+/// Point 4: a config written for the Go plugins, read as Go reads it: keys in any case, the last duplicate
+/// winning, and a key nobody reads logged with the nearest known one.
+#[test]
+fn go_style_keys_configure_the_kernel() {
+    let (node, outside) = node_with_uplink();
+    let stores = TempDir::new("field-go");
+    let conf = format!(
+        r#"{{"cniVersion": "1.0.0", "name": "gostyle", "type": "ptp", "MTU": 1280, "mtu": 1400, "IPMasq": true,
+            "LinkGroup": 8, "mtuu": 1,
+            "IPAM": {{"Type": "host-local", "DataDir": "{}", "Ranges": [[{{"Subnet": "10.85.0.0/24"}}]],
+                      "Routes": [{{"Dst": "0.0.0.0/0"}}]}}}}"#,
+        stores.str()
+    );
+    let pod = Netns::new();
+    let reply = Call::new("ptp", "ADD", "go", pod.path()).run(&node, conf.as_bytes());
+    let r = reply.ok();
+    assert!(reply.stderr.contains(r#"did you mean "mtu""#), "{}", reply.stderr);
+    // Once, by ptp: host-local reads only the ipam section and leaves ptp's keys to ptp.
+    assert_eq!(reply.stderr.matches(r#""mtuu""#).count(), 1, "{}", reply.stderr);
+    assert_eq!(r["ips"][0]["address"], "10.85.0.2/24", "IPAM's keys were read: {r}");
+    let veth = r["interfaces"][0]["name"].as_str().unwrap();
+    let link = node.link(veth).unwrap();
+    assert_eq!((link["mtu"].as_u64(), link["group"].as_str()), (Some(1400), Some("8")), "{link}");
+    assert_eq!(outside.peer_of(&pod, "192.0.2.2"), Some("192.0.2.1".parse::<IpAddr>().unwrap()), "IPMasq");
+    let mut with_prev: Value = serde_json::from_str(&conf).unwrap();
+    with_prev["prevResult"] = r.clone();
+    let with_prev = serde_json::to_vec(&with_prev).unwrap();
+    Call::new("ptp", "CHECK", "go", pod.path()).run(&node, &with_prev).ok();
+    Call::new("ptp", "DEL", "go", pod.path()).run(&node, conf.as_bytes()).ok();
+    assert!(node.veths().iter().all(|v| v == "uplink"));
+    assert!(reservations(stores.path()).is_empty());
+    assert!(!has_table(&node, "cni_chain"));
+}

@@ -56,13 +56,13 @@ impl EgressConf {
                 _ => return Err(CniError::InvalidConfig(format!("nodeIP {text:?} is not a unicast IPv4 address"))),
             },
         };
-        validate_mtu(self.mtu)?;
+        let mtu = validate_mtu(self.mtu)?;
         let if_name = self.if_name.filter(|n| !n.is_empty()).unwrap_or_else(|| DEFAULT_IFNAME.into());
         validate_ifname(&if_name).map_err(|_| CniError::InvalidConfig(format!("ifName {if_name:?} is not usable")))?;
         Ok(Settings {
             enabled: self.enabled.unwrap_or(true),
             node_ip,
-            mtu: self.mtu,
+            mtu,
             ports,
             if_name,
             veth_prefix: self.veth_prefix.filter(|p| !p.is_empty()).unwrap_or_else(|| DEFAULT_VETH_PREFIX.into()),
@@ -75,7 +75,10 @@ mod tests {
     use super::*;
 
     fn parse(json: &str) -> Result<Settings> {
-        serde_json::from_str::<EgressConf>(json).map_err(|e| CniError::Decode(e.to_string()))?.settings()
+        common::gojson::from_slice::<EgressConf>(json.as_bytes())
+            .map_err(|e| CniError::Decode(e.to_string()))?
+            .0
+            .settings()
     }
 
     #[test]

@@ -82,7 +82,7 @@ pub fn settings(inv: &Invocation) -> Result<Settings> {
     if network.is_empty() {
         return Err(CniError::InvalidConfig("host-local needs the network's name (it names the store)".into()));
     }
-    let conf: HostLocalConf = inv.config.plugin()?;
+    let conf: HostLocalConf = inv.config.ipam()?;
     let ipam = conf.ipam.ok_or_else(|| CniError::InvalidConfig("the config has no \"ipam\" section".into()))?;
     let runtime = conf.runtime_config.unwrap_or_default();
 

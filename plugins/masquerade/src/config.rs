@@ -91,7 +91,10 @@ mod tests {
     use super::*;
 
     fn parse(json: &str) -> Result<Settings> {
-        serde_json::from_str::<MasqConf>(json).map_err(|e| CniError::Decode(e.to_string()))?.settings()
+        common::gojson::from_slice::<MasqConf>(json.as_bytes())
+            .map_err(|e| CniError::Decode(e.to_string()))?
+            .0
+            .settings()
     }
 
     #[test]
@@ -109,6 +112,13 @@ mod tests {
         assert!(matches!(s.mode, Mode::Pod { excludes: Some(ref v) } if v.len() == 2));
         assert_eq!(parse(r#"{"mode":"pod"}"#).unwrap().mode, Mode::Pod { excludes: None });
         assert_eq!(parse(r#"{"mode":"pod","excludeCIDRs":["10.0.0.1"]}"#).unwrap_err().code(), 7);
+    }
+
+    #[test]
+    fn keys_are_read_as_go_reads_them() {
+        let s = parse(r#"{"Mode": "pod", "RandomFully": false, "excludecidrs": ["10.0.0.0/8"]}"#).unwrap();
+        assert!(!s.random_fully);
+        assert!(matches!(s.mode, Mode::Pod { excludes: Some(ref v) } if v.len() == 1));
     }
 
     #[test]

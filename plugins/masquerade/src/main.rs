@@ -19,7 +19,7 @@ fn settings(inv: &Invocation) -> Result<Settings> {
 
 /// DEL needs nothing of the config but the table: a mode or group it cannot read must not leak the pod.
 fn table_for_del(inv: &Invocation) -> String {
-    config::table_for_del(inv.config.plugin::<config::TableOnly>())
+    config::table_for_del(inv.config.plugin_part::<config::TableOnly>())
 }
 
 fn owner(inv: &Invocation) -> Owner<'_> {

@@ -67,9 +67,9 @@ impl PtpConf {
             }
             Some(other) => return Err(CniError::InvalidConfig(format!("ipMasqBackend {other:?}: use \"nftables\""))),
         }
-        validate_mtu(self.mtu)?;
+        let mtu = validate_mtu(self.mtu)?;
         Ok(Settings {
-            mtu: self.mtu,
+            mtu,
             group: self.link_group,
             veth_prefix: self.veth_prefix,
             dns: self.dns.filter(|d| !d.is_empty()),
@@ -83,7 +83,10 @@ mod tests {
     use super::*;
 
     fn parse(json: &str) -> Result<Settings> {
-        serde_json::from_str::<PtpConf>(json).map_err(|e| CniError::Decode(e.to_string()))?.settings()
+        common::gojson::from_slice::<PtpConf>(json.as_bytes())
+            .map_err(|e| CniError::Decode(e.to_string()))?
+            .0
+            .settings()
     }
 
     #[test]
@@ -96,6 +99,13 @@ mod tests {
         assert_eq!(s.mtu, Some(1400));
         assert_eq!(s.veth_prefix, "veth");
         assert_eq!(s.dns.unwrap().nameservers, ["10.1.0.1"]);
+    }
+
+    #[test]
+    fn keys_are_read_as_go_reads_them() {
+        let s = parse(r#"{"MTU": 1400, "ipmasq": true, "LinkGroup": 8, "mtu": 1450}"#).unwrap();
+        assert_eq!((s.mtu, s.ip_masq, s.group), (Some(1450), true, Some(GroupRef::Number(8))));
+        assert_eq!(parse(r#"{"mtu": 0}"#).unwrap().mtu, None, "0 is Go's unset");
     }
 
     #[test]

@@ -85,7 +85,7 @@ impl Plugin for Ptp {
     }
 
     fn del(inv: &Invocation) -> Result<()> {
-        let d = config::del_settings(inv.config.plugin());
+        let d = config::del_settings(inv.config.plugin_part());
         let alias = owner(inv).alias(&inv.container_id, &inv.ifname)?;
         // A missing netns is normal for DEL: the host end is found by name.
         let pod = Netns::open_for_del(&inv.netns)?;
