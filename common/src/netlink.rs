@@ -90,6 +90,8 @@ pub struct Link {
     pub group: u32,
     pub alias: Option<String>,
     pub kind: Option<String>,
+    /// The bridge (or bond, VRF...) this link is a port of.
+    pub master: Option<u32>,
 }
 
 impl Link {
@@ -102,6 +104,7 @@ impl Link {
                 LinkAttribute::Mtu(v) => link.mtu = *v,
                 LinkAttribute::Group(g) => link.group = *g,
                 LinkAttribute::IfAlias(a) => link.alias = Some(a.clone()),
+                LinkAttribute::Controller(m) => link.master = Some(*m),
                 LinkAttribute::LinkInfo(infos) => {
                     for i in infos {
                         if let LinkInfo::Kind(k) = i {
@@ -121,6 +124,10 @@ impl Link {
 
     pub fn is_veth(&self) -> bool {
         self.kind.as_deref() == Some("veth")
+    }
+
+    pub fn is_bridge(&self) -> bool {
+        self.kind.as_deref() == Some("bridge")
     }
 }
 
@@ -158,6 +165,16 @@ pub async fn link_by_name(handle: &Handle, name: &str) -> Result<Option<Link>> {
         Some(Ok(m)) => Ok(Some(Link::from_message(&m))),
         Some(Err(e)) if is_gone(&e) => Ok(None),
         Some(Err(e)) => Err(nl_err(format!("looking up link {name}"))(e)),
+        None => Ok(None),
+    }
+}
+
+pub async fn link_by_index(handle: &Handle, index: u32) -> Result<Option<Link>> {
+    let mut stream = handle.link().get().match_index(index).execute();
+    match stream.next().await {
+        Some(Ok(m)) => Ok(Some(Link::from_message(&m))),
+        Some(Err(e)) if is_gone(&e) => Ok(None),
+        Some(Err(e)) => Err(nl_err(format!("looking up link {index}"))(e)),
         None => Ok(None),
     }
 }

@@ -233,3 +233,40 @@ fn go_style_keys_configure_the_kernel() {
     assert!(reservations(stores.path()).is_empty());
     assert!(!has_table(&node, "cni_chain"));
 }
+
+/// Point 2: after the reference bridge (isGateway), routed pod traffic enters the node through the bridge:
+/// linkgroup groups it, and the group rule masquerades egress to an outside host.
+#[test]
+fn linkgroup_after_a_bridge_groups_the_bridge_and_egress_is_masqueraded() {
+    let (node, outside) = node_with_uplink();
+    let stores = TempDir::new("field-bridge");
+    let chain = Chain::new(json!({
+        "cniVersion": "1.0.0", "name": "bridged",
+        "plugins": [
+            {"type": "bridge", "bridge": "cni-br0", "isGateway": true,
+             "ipam": {"type": "host-local", "dataDir": stores.str(), "ranges": [[{"subnet": "10.86.0.0/24"}]],
+                      "routes": [{"dst": "0.0.0.0/0"}]}},
+            {"type": "linkgroup", "group": 8},
+            {"type": "masquerade", "mode": "group", "podGroup": 8, "excludeGroups": [9]}
+        ]
+    }));
+    let pods = [Netns::new(), Netns::new()];
+    let r0 = chain.add(&node, "br0", pods[0].path());
+    let r1 = chain.add(&node, "br1", pods[1].path());
+    assert_eq!(node.link("cni-br0").unwrap()["group"], "8");
+    assert_eq!(outside.peer_of(&pods[0], "192.0.2.2"), Some("192.0.2.1".parse::<IpAddr>().unwrap()), "masqueraded");
+    let p1 = r1["ips"][0]["address"].as_str().unwrap().split('/').next().unwrap().to_string();
+    assert_eq!(
+        pods[1].peer_of(&pods[0], &p1).map(|a| a.to_string()),
+        r0["ips"][0]["address"].as_str().unwrap().split('/').next().map(String::from),
+        "pod to pod keeps the pod's address"
+    );
+    all_ok(chain.check(&node, "br0", pods[0].path(), &r0));
+    // A bridge taken out of the group fails CHECK: the grouping no longer works.
+    node.ip(&["link", "set", "cni-br0", "group", "0"]);
+    assert!(chain.check(&node, "br0", pods[0].path(), &r0)[1].err(104).contains("cni-br0"));
+    chain.del(&node, "br1", pods[1].path(), Some(&r1));
+    chain.del(&node, "br0", pods[0].path(), Some(&r0));
+    assert!(!has_table(&node, "cni_chain"));
+    assert!(reservations(stores.path()).is_empty());
+}

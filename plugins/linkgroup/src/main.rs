@@ -32,28 +32,54 @@ fn groups(inv: &Invocation) -> Result<Groups> {
     Ok(Groups { host, container, interfaces: conf.interfaces })
 }
 
-/// The node-side links to group: the ones named in the config, else prevResult's veths outside the pod
-/// (a bridge the main plugin also reports is left alone).
+/// The node-side links to group: the ones named in the config, else those pod traffic enters the node
+/// through. After a point-to-point plugin that is its host veth; after a bridge plugin, routed traffic enters
+/// through the bridge, not through the port, so the bridge is grouped (with its ports, for bridged traffic).
 async fn host_links(node: &Handle, prev: &CniResult, named: Option<&[String]>) -> Result<Vec<Link>> {
-    let mut links = Vec::new();
+    let mut links: Vec<Link> = Vec::new();
+    let mut push = |link: Link| {
+        if !links.iter().any(|l| l.index == link.index) {
+            links.push(link);
+        }
+    };
     match named {
         Some(names) => {
             for name in names {
                 let link = netlink::link_by_name(node, name).await?;
-                links.push(link.ok_or_else(|| {
+                push(link.ok_or_else(|| {
                     CniError::InvalidConfig(format!("interface {name:?} does not exist on the node"))
                 })?);
             }
         }
         None => {
             for iface in prev.interfaces.iter().filter(|i| i.sandbox.as_deref().unwrap_or("").is_empty()) {
-                if let Some(link) = netlink::link_by_name(node, &iface.name).await?.filter(Link::is_veth) {
-                    links.push(link);
+                let Some(link) = netlink::link_by_name(node, &iface.name).await? else { continue };
+                if !link.is_veth() && !link.is_bridge() {
+                    continue;
                 }
+                if let Some(master) = link.master {
+                    let port_of = netlink::link_by_index(node, master).await?;
+                    match port_of {
+                        Some(m) if m.is_bridge() => push(m),
+                        // A bond, a VRF, an OVS port: what traffic enters through is not ours to know.
+                        _ => {
+                            return Err(CniError::InvalidConfig(format!(
+                            "{} is a port of {}, which is not a bridge: name the interfaces to group in \"interfaces\"",
+                            link.name,
+                            port_of.map_or_else(
+                                || format!("link {master}"),
+                                |m| format!("{} ({})", m.name, m.kind.unwrap_or_default())
+                            )
+                        )))
+                        }
+                    }
+                }
+                push(link);
             }
             if links.is_empty() {
                 return Err(CniError::InvalidConfig(
-                    "prevResult names no host-side veth on this node; list the interfaces in \"interfaces\"".into(),
+                    "prevResult names no host-side veth or bridge on this node; list the interfaces in \"interfaces\""
+                        .into(),
                 ));
             }
         }
