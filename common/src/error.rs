@@ -136,6 +136,17 @@ impl CniError {
     }
 }
 
+/// What EPERM or EACCES from the kernel means for a plugin, appended to the error: which privilege it
+/// runs without. `errno` is positive, as `io::Error::raw_os_error` gives it.
+pub fn privilege_hint(errno: Option<i32>, capability: &str) -> String {
+    match errno {
+        Some(nix::libc::EPERM) | Some(nix::libc::EACCES) => {
+            format!(" (the plugin runs without {capability}: run it as root, as container runtimes do)")
+        }
+        _ => String::new(),
+    }
+}
+
 impl From<std::io::Error> for CniError {
     fn from(e: std::io::Error) -> Self {
         CniError::Io(e.to_string())

@@ -103,6 +103,11 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
         (self.0)(key).unwrap_or_default()
     }
 
+    /// A variable as it is, unvalidated (for log lines and for telling "unset" from "empty").
+    pub fn raw(&self, key: &str) -> Option<String> {
+        (self.0)(key)
+    }
+
     pub fn command(&self) -> Result<Command> {
         let c = self.get("CNI_COMMAND");
         if c.is_empty() {

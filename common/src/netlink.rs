@@ -40,9 +40,16 @@ fn is_gone(e: &rtnetlink::Error) -> bool {
     matches!(errno(e), Some(ENODEV | ENOENT | ESRCH | EADDRNOTAVAIL))
 }
 
+/// The capability every change to the node's links, addresses and routes needs.
+pub const NODE_NET_ADMIN: &str = "CAP_NET_ADMIN over the node's network namespace";
+
 fn nl_err(what: impl std::fmt::Display) -> impl FnOnce(rtnetlink::Error) -> CniError {
     move |e| match e {
-        rtnetlink::Error::NetlinkError(m) if m.code.is_some() => CniError::netlink(what, m.to_io()),
+        rtnetlink::Error::NetlinkError(m) if m.code.is_some() => {
+            let io = m.to_io();
+            let hint = crate::error::privilege_hint(io.raw_os_error(), NODE_NET_ADMIN);
+            CniError::netlink(what, format!("{io}{hint}"))
+        }
         other => CniError::netlink(what, other),
     }
 }
@@ -215,6 +222,13 @@ pub async fn create_veth(handle: &Handle, spec: &VethSpec<'_>) -> Result<()> {
         host = host.link_group(group);
     }
     let msg = host.set_info_data(InfoData::Veth(InfoVeth::Peer(peer.build()))).build();
+    log::debug!(
+        "creating veth {} <-> {} (mtu {:?}, group {:?})",
+        spec.host_name,
+        spec.peer_name,
+        spec.mtu,
+        spec.host_group
+    );
     handle
         .link()
         .add(msg)
@@ -242,11 +256,13 @@ pub async fn set_link_attrs(
     if let Some(a) = alias {
         b = b.alias(a.to_string());
     }
+    log::debug!("setting link {index}: group {group:?}, alias {alias:?}, up {up}");
     handle.link().set(b.build()).execute().await.map_err(nl_err(format!("setting attributes of link {index}")))
 }
 
 /// Delete a link; `Ok(false)` if it was already gone.
 pub async fn delete_link(handle: &Handle, index: u32) -> Result<bool> {
+    log::debug!("deleting link {index}");
     match handle.link().del(index).execute().await {
         Ok(()) => Ok(true),
         Err(e) if is_gone(&e) => Ok(false),
@@ -265,6 +281,7 @@ pub async fn add_address(handle: &Handle, index: u32, addr: IpNetwork) -> Result
         msg.header.flags |= AddressHeaderFlags::Nodad;
     }
     msg.attributes.push(AddressAttribute::Flags(flags));
+    log::debug!("adding address {addr} to link {index}");
     req.execute().await.map_err(nl_err(format!("adding address {addr} to link {index}")))
 }
 
@@ -347,6 +364,7 @@ impl RouteSpec {
 
 pub async fn add_route(handle: &Handle, route: &RouteSpec) -> Result<()> {
     let msg = route.to_message()?;
+    log::debug!("adding route {}", describe_route(route));
     handle.route().add(msg).execute().await.map_err(nl_err(format!("adding route {}", describe_route(route))))
 }
 
@@ -473,11 +491,13 @@ impl RuleSpec {
 pub async fn add_rule(handle: &Handle, rule: &RuleSpec) -> Result<()> {
     let mut req = handle.rule().add();
     *req.message_mut() = rule.to_message()?;
+    log::debug!("adding rule {rule:?}");
     req.execute().await.map_err(nl_err(format!("adding rule {rule:?}")))
 }
 
 /// Delete a rule; `Ok(false)` if there was none.
 pub async fn delete_rule(handle: &Handle, rule: &RuleSpec) -> Result<bool> {
+    log::debug!("deleting rule {rule:?}");
     match handle.rule().del(rule.to_message()?).execute().await {
         Ok(()) => Ok(true),
         Err(e) if is_gone(&e) => Ok(false),

@@ -25,7 +25,11 @@ impl Netns {
     pub fn open(path: &str) -> Result<Self> {
         let file = File::open(path).map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => CniError::NetnsMissing(path.to_string()),
-            _ => CniError::Netns(format!("opening {path}: {e}")),
+            _ => {
+                let hint =
+                    crate::error::privilege_hint(e.raw_os_error(), "the right to open the pod's network namespace");
+                CniError::Netns(format!("opening {path}: {e}{hint}"))
+            }
         })?;
         let not_a_netns = || CniError::InvalidEnv(format!("CNI_NETNS {path} is not a network namespace"));
         let fs = nix::sys::statfs::fstatfs(&file).map_err(|e| CniError::Netns(format!("statfs {path}: {e}")))?;
@@ -72,8 +76,13 @@ impl Netns {
     /// Enter this netns on the current thread until the guard drops.
     pub fn enter(&self) -> Result<NetnsGuard> {
         let original = Netns::current()?;
-        setns(self.file.as_fd(), CloneFlags::CLONE_NEWNET)
-            .map_err(|e| CniError::Netns(format!("entering {}: {e} (is it a network namespace?)", self.path)))?;
+        setns(self.file.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|e| {
+            let hint = crate::error::privilege_hint(
+                Some(e as i32),
+                "CAP_SYS_ADMIN, which entering a pod's network namespace needs",
+            );
+            CniError::Netns(format!("entering {}: {e}{hint}", self.path))
+        })?;
         Ok(NetnsGuard { original })
     }
 

@@ -426,7 +426,8 @@ fn nl_err(what: &str, e: impl std::fmt::Display) -> CniError {
 }
 
 fn errno_text(code: i32) -> String {
-    std::io::Error::from_raw_os_error(-code).to_string()
+    let hint = crate::error::privilege_hint(Some(-code), crate::netlink::NODE_NET_ADMIN);
+    format!("{}{hint}", std::io::Error::from_raw_os_error(-code))
 }
 
 impl Nft {
@@ -489,6 +490,10 @@ impl Nft {
     pub fn apply(&mut self, batch: &Batch, what: &str) -> Result<()> {
         if batch.is_empty() {
             return Ok(());
+        }
+        if log::log_enabled!(log::Level::Debug) {
+            let changes: Vec<String> = batch.msgs.iter().map(|(m, _)| describe_with_name(m)).collect();
+            log::debug!("nftables batch ({what}): {}", changes.join("; "));
         }
         let first = self.seq;
         let mut buf = self.message(NetfilterProtoFamily::Unspec, ControlMessage::BatchBegin.into(), 0);
@@ -704,6 +709,35 @@ fn element(attrs: Vec<SetElementAttribute>) -> Option<Element> {
         }
     }
     Some(Element { key: key?, jump, comment })
+}
+
+/// A change with the name of what it changes, for the debug log.
+fn describe_with_name(m: &NfTablesMessage) -> String {
+    let name = match m {
+        NfTablesMessage::NewTable(t) | NfTablesMessage::DeleteTable(t) => {
+            t.attributes.iter().find_map(|a| if let TableAttribute::Name(n) = a { Some(n.clone()) } else { None })
+        }
+        NfTablesMessage::NewChain(c) | NfTablesMessage::DeleteChain(c) => {
+            c.attributes.iter().find_map(|a| if let ChainAttribute::Name(n) = a { Some(n.clone()) } else { None })
+        }
+        NfTablesMessage::NewRule(r) | NfTablesMessage::DeleteRule(r) => {
+            r.attributes.iter().find_map(|a| if let RuleAttribute::Chain(n) = a { Some(n.clone()) } else { None })
+        }
+        NfTablesMessage::NewSet(x) | NfTablesMessage::DeleteSet(x) => {
+            x.attributes.iter().find_map(|a| if let SetAttribute::Name(n) = a { Some(n.clone()) } else { None })
+        }
+        NfTablesMessage::NewSetElement(e) | NfTablesMessage::DeleteSetElement(e) => {
+            let set =
+                e.attributes.iter().find_map(|a| if let SetElementList::Set(n) = a { Some(n.clone()) } else { None });
+            let count =
+                e.attributes
+                    .iter()
+                    .find_map(|a| if let SetElementList::Elements(v) = a { Some(v.len()) } else { None });
+            set.map(|s| format!("{s}, {} element(s)", count.unwrap_or(0)))
+        }
+        _ => None,
+    };
+    format!("{} {}", describe(m), name.unwrap_or_default())
 }
 
 fn describe(m: &NfTablesMessage) -> &'static str {

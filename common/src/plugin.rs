@@ -15,6 +15,10 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 const MAX_STDIN: u64 = 4 << 20;
 
 pub trait Plugin {
+    /// The executable's name, as runtimes find it in CNI_PATH and as its log lines say.
+    const NAME: &'static str;
+    /// What it does, in one line, for `--help` and `--version`.
+    const ABOUT: &'static str;
     fn add(inv: &Invocation) -> Result<CniResult>;
     fn del(inv: &Invocation) -> Result<()>;
     fn check(inv: &Invocation) -> Result<()>;
@@ -22,8 +26,12 @@ pub trait Plugin {
     fn gc(inv: &Invocation) -> Result<()>;
 }
 
-/// Run one CNI call of plugin `P` and exit the process.
+/// Run one CNI call of plugin `P` and exit the process. Run by hand with `--version` or `--help`, it says
+/// what it is and how it is meant to be run.
 pub fn run<P: Plugin>() -> ! {
+    if let Some(arg) = std::env::args().nth(1) {
+        std::process::exit(by_hand::<P>(&arg));
+    }
     std::panic::set_hook(Box::new(|info| log::error!("panic: {info}")));
     let env = Env(|k: &str| std::env::var(k).ok());
     let (reply, ok) = match catch_unwind(AssertUnwindSafe(|| serve::<P>(&env))) {
@@ -54,27 +62,27 @@ type Failure = (&'static str, CniError);
 
 fn serve<P: Plugin>(env: &Env<impl Fn(&str) -> Option<String>>) -> std::result::Result<Option<Value>, Failure> {
     let latest = CniVersion::LATEST.as_str();
-    let command = env.command().map_err(|e| (latest, e))?;
+    let command = env.command().map_err(|e| {
+        if env.raw("CNI_COMMAND").is_none() {
+            // Run by hand: say how it is meant to be run (the error on stdout stays, for a runtime).
+            eprintln!("{}\n", help_text::<P>());
+        }
+        (latest, e)
+    })?;
     let stdin = read_stdin().map_err(|e| (latest, e))?;
     if command == Command::Version {
         return Ok(Some(version_info()));
     }
     let config = Config::parse(stdin).map_err(|e| (latest, e))?;
     let version = config.version.as_str();
-    crate::logging::init(&config);
+    crate::logging::init(P::NAME, command, &config, &env.raw("CNI_CONTAINERID").unwrap_or_default());
     let inv = env.invocation(command, config).map_err(|e| (version, e))?;
     if matches!(command, Command::Add | Command::Check | Command::Del) {
         // A CNI_NETNS that is not a netns (a regular file, a symlink to one) is refused before any change.
         Netns::open_for_del(&inv.netns).map_err(|e| (version, e))?;
     }
-    log::debug!(
-        "{} {} container={} ifname={} netns={}",
-        inv.config.net.kind,
-        command.as_str(),
-        inv.container_id,
-        inv.ifname,
-        inv.netns
-    );
+    log::debug!("ifname={} netns={} config type {}", inv.ifname, inv.netns, inv.config.net.kind);
+    let started = std::time::Instant::now();
     let out = match command {
         Command::Add => P::add(&inv).map(|r| Some(r.to_value(inv.config.version))),
         Command::Del => P::del(&inv).map(|_| None),
@@ -83,7 +91,61 @@ fn serve<P: Plugin>(env: &Env<impl Fn(&str) -> Option<String>>) -> std::result::
         Command::Gc => P::gc(&inv).map(|_| None),
         Command::Version => unreachable!("handled above"),
     };
+    let ms = started.elapsed().as_secs_f64() * 1000.0;
+    match &out {
+        Ok(_) => log::info!("{} ok in {ms:.1} ms", command.as_str()),
+        Err(e) => log::info!("{} failed with code {} in {ms:.1} ms", command.as_str(), e.code()),
+    }
     out.map_err(|e| (version, e))
+}
+
+/// `--version` and `--help` on stdout; anything else is a mistake, said on stderr.
+fn by_hand<P: Plugin>(arg: &str) -> i32 {
+    match arg {
+        "--version" | "-V" | "version" => {
+            println!("{}", version_text::<P>());
+            0
+        }
+        "--help" | "-h" | "help" => {
+            println!("{}", help_text::<P>());
+            0
+        }
+        other => {
+            eprintln!("{}: unknown argument {other:?}\n\n{}", P::NAME, help_text::<P>());
+            2
+        }
+    }
+}
+
+fn version_text<P: Plugin>() -> String {
+    let versions: Vec<&str> = SUPPORTED.iter().map(|v| v.as_str()).collect();
+    format!(
+        "{} {} (cni-chain, commit {})\nCNI versions: {}\n{}",
+        P::NAME,
+        env!("CARGO_PKG_VERSION"),
+        env!("CNI_CHAIN_COMMIT"),
+        versions.join(", "),
+        P::ABOUT
+    )
+}
+
+fn help_text<P: Plugin>() -> String {
+    format!(
+        "{name}: {about}
+
+A CNI plugin: a container runtime (containerd, CRI-O, Podman) or cnitool runs it, with the network config
+(JSON) on stdin and CNI_COMMAND (ADD, DEL, CHECK, STATUS, GC or VERSION), CNI_CONTAINERID, CNI_NETNS,
+CNI_IFNAME and CNI_PATH in the environment. It answers on stdout: the result, or the error as JSON.
+
+To try it by hand, put it in a conflist in /etc/cni/net.d and use cnitool:
+    cnitool add <network name> /var/run/netns/<pod>
+or ask which CNI versions it speaks:
+    CNI_COMMAND=VERSION {name} </dev/null
+
+Options: --version, --help",
+        name = P::NAME,
+        about = P::ABOUT
+    )
 }
 
 fn read_stdin() -> Result<Vec<u8>> {

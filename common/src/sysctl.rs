@@ -9,13 +9,12 @@ fn path(key: &str) -> String {
 }
 
 pub fn get(key: &str) -> Result<String> {
-    fs::read_to_string(path(key))
-        .map(|s| s.trim().to_string())
-        .map_err(|e| CniError::Sysctl { key: key.into(), msg: e.to_string() })
+    fs::read_to_string(path(key)).map(|s| s.trim().to_string()).map_err(|e| sysctl_error(key, e))
 }
 
 pub fn set(key: &str, value: &str) -> Result<()> {
-    fs::write(path(key), value).map_err(|e| CniError::Sysctl { key: key.into(), msg: e.to_string() })
+    log::debug!("sysctl {key} = {value}");
+    fs::write(path(key), value).map_err(|e| sysctl_error(key, e))
 }
 
 /// Set `key` only if it differs: writing forwarding sysctls resets per-interface state in the kernel.
@@ -42,4 +41,9 @@ pub fn enable_forwarding(ipv4: bool, ipv6: bool) -> Result<()> {
 /// while the link-local address is tentative, which drops a new pod's first packets.
 pub fn disable_dad(ifname: &str) -> Result<()> {
     set(&format!("net/ipv6/conf/{ifname}/accept_dad"), "0")
+}
+
+fn sysctl_error(key: &str, e: std::io::Error) -> CniError {
+    let hint = crate::error::privilege_hint(e.raw_os_error(), crate::netlink::NODE_NET_ADMIN);
+    CniError::Sysctl { key: key.into(), msg: format!("{e}{hint}") }
 }

@@ -217,6 +217,7 @@ fn go_style_keys_configure_the_kernel() {
     let reply = Call::new("ptp", "ADD", "go", pod.path()).run(&node, conf.as_bytes());
     let r = reply.ok();
     assert!(reply.stderr.contains(r#"did you mean "mtu""#), "{}", reply.stderr);
+    assert!(!reply.stderr.contains("ipam.type"), "host-local knows its own type key: {}", reply.stderr);
     // Once, by ptp: host-local reads only the ipam section and leaves ptp's keys to ptp.
     assert_eq!(reply.stderr.matches(r#""mtuu""#).count(), 1, "{}", reply.stderr);
     assert_eq!(r["ips"][0]["address"], "10.85.0.2/24", "IPAM's keys were read: {r}");
@@ -269,4 +270,120 @@ fn linkgroup_after_a_bridge_groups_the_bridge_and_egress_is_masqueraded() {
     chain.del(&node, "br0", pods[0].path(), Some(&r0));
     assert!(!has_table(&node, "cni_chain"));
     assert!(reservations(stores.path()).is_empty());
+}
+
+const OURS: [&str; 5] = ["ptp", "host-local", "linkgroup", "masquerade", "egress-v4"];
+
+/// Point 6: run by hand, every binary says what it is and how it is meant to be run.
+#[test]
+fn every_binary_answers_version_and_help_by_hand() {
+    for plugin in OURS {
+        let bin = integration::plugin_path(plugin);
+        let out = std::process::Command::new(&bin).arg("--version").env_clear().output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{plugin} --version: {out:?}");
+        assert!(text.starts_with(&format!("{plugin} 0.")) && text.contains("commit "), "{text}");
+        assert!(text.contains("CNI versions: 0.3.0, 0.3.1, 0.4.0, 1.0.0, 1.1.0"), "{text}");
+        let out = std::process::Command::new(&bin).arg("--help").env_clear().output().unwrap();
+        assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("CNI_COMMAND"), "{out:?}");
+        // No CNI_COMMAND: how to run it on stderr, and still the CNI error a runtime reads on stdout.
+        let out = std::process::Command::new(&bin).env_clear().stdin(std::process::Stdio::null()).output().unwrap();
+        assert!(String::from_utf8_lossy(&out.stderr).contains("cnitool add"), "{plugin}: {out:?}");
+        let err: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(err["code"], 4, "{plugin}");
+    }
+}
+
+/// A call in a user namespace of its own: root there, but without privileges over the node's and the pod's
+/// netns. The pod's netns is handed over as fd 3, opened before, as CNI_NETNS=/proc/self/fd/3.
+fn unprivileged(pod: &Netns) -> impl FnOnce(&mut std::process::Command) {
+    use std::os::fd::AsRawFd;
+    let ns = std::fs::File::open(pod.path()).unwrap();
+    move |cmd| {
+        use std::os::unix::process::CommandExt;
+        cmd.env("CNI_NETNS", "/proc/self/fd/3");
+        // SAFETY: dup2 and unshare are plain syscalls between fork and exec; `ns` outlives the spawn.
+        unsafe {
+            cmd.pre_exec(move || {
+                // dup2 onto itself would keep close-on-exec: then clear the flag instead.
+                let rc = if ns.as_raw_fd() == 3 {
+                    nix::libc::fcntl(3, nix::libc::F_SETFD, 0)
+                } else {
+                    nix::libc::dup2(ns.as_raw_fd(), 3)
+                };
+                if rc < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWUSER).map_err(std::io::Error::from)
+            });
+        }
+    }
+}
+
+/// Point 6: without the privileges it needs, the error names them.
+#[test]
+fn without_privileges_the_error_names_what_is_missing() {
+    let node = Netns::new();
+    let pod = Netns::new();
+    let prev = json!({"cniVersion": "1.0.0", "interfaces": [{"name": "eth0", "sandbox": "/proc/self/fd/3"}],
+        "ips": [{"address": "10.87.0.2/24", "interface": 0}]});
+    let run = |conf: Value| {
+        let bytes = serde_json::to_vec(&conf).unwrap();
+        Call::new(conf["type"].as_str().unwrap(), "ADD", "p", pod.path()).run_with(&node, &bytes, unprivileged(&pod))
+    };
+    let reply = run(json!({"cniVersion": "1.0.0", "name": "priv", "type": "masquerade", "prevResult": prev}));
+    assert!(reply.err(108).contains("without CAP_NET_ADMIN"), "{}", reply.stdout);
+    // linkgroup with the pod side only: the first thing it needs is to enter the pod's netns.
+    let reply = run(json!({"cniVersion": "1.0.0", "name": "priv", "type": "linkgroup", "group": 8,
+        "containerGroup": 7, "interfaces": [], "prevResult": prev}));
+    assert!(reply.err(101).contains("without CAP_SYS_ADMIN"), "{}", reply.stdout);
+    let reply = run(json!({"cniVersion": "1.0.0", "name": "priv", "type": "linkgroup", "group": 8,
+        "interfaces": ["lo"], "prevResult": prev}));
+    assert!(reply.err(100).contains("without CAP_NET_ADMIN"), "{}", reply.stdout);
+}
+
+/// Point 6: log lines say when, which plugin and process, the verb, the network and the container; debug
+/// shows each change to the kernel, info one line per verb. A bad logLevel or logFile is said on stderr.
+#[test]
+fn logs_say_who_did_what_to_the_kernel() {
+    let (node, _outside) = node_with_uplink();
+    let stores = TempDir::new("field-logs");
+    let log = stores.path().join("cni.log");
+    let conf = json!({"cniVersion": "1.0.0", "name": "logged", "type": "ptp", "ipMasq": true,
+        "logLevel": "Debug", "logFile": log,
+        "ipam": {"type": "host-local", "dataDir": stores.path().join("store"), "ranges": [[{"subnet": "10.88.5.0/24"}]]}});
+    let pod = Netns::new();
+    let bytes = serde_json::to_vec(&conf).unwrap();
+    Call::new("ptp", "ADD", "logc", pod.path()).run(&node, &bytes).ok();
+    Call::new("ptp", "DEL", "logc", pod.path()).run(&node, &bytes).ok();
+    let text = std::fs::read_to_string(&log).unwrap();
+    let line = |needle: &str| {
+        text.lines().find(|l| l.contains(needle)).unwrap_or_else(|| panic!("no line with {needle:?} in:\n{text}"))
+    };
+    let line_of = |who: &str, needle: &str| {
+        let found = text.lines().find(|l| l.contains(who) && l.contains(needle));
+        found.unwrap_or_else(|| panic!("no line of {who:?} with {needle:?} in:\n{text}"))
+    };
+    let add = line("creating veth");
+    assert!(add.contains(" DEBUG ptp[") && add.contains("] ADD net=logged id=logc: "), "{add}");
+    assert!(
+        add.as_bytes()[..24].iter().filter(|b| **b == b'-').count() == 2 && add.contains("T") && add.contains("Z "),
+        "{add}"
+    );
+    line("adding address 10.88.5.2/24");
+    line("adding route");
+    line("nftables batch (adding the pod's masquerade)");
+    line_of(" INFO ptp[", "ADD ok in");
+    line_of(" INFO ptp[", "DEL ok in");
+    line_of(" INFO host-local[", "] ADD net=logged id=logc: ADD ok in");
+    // A level that is none and a file that cannot be written: said on stderr, and the call still runs.
+    let mut bad = conf.clone();
+    bad["logLevel"] = json!("verbose");
+    bad["logFile"] = json!("/nonexistent-dir/cni.log");
+    let reply = Call::new("ptp", "ADD", "logc", pod.path()).run(&node, &serde_json::to_vec(&bad).unwrap());
+    reply.ok();
+    assert!(reply.stderr.contains(r#"logLevel "verbose" is not one of"#), "{}", reply.stderr);
+    assert!(reply.stderr.contains("cannot write logFile"), "{}", reply.stderr);
+    Call::new("ptp", "DEL", "logc", pod.path()).run(&node, &bytes).ok();
+    assert!(!has_table(&node, "cni_chain"));
 }

@@ -71,6 +71,9 @@ fn egress_address(result: &CniResult) -> Result<(IpConfig, Ipv4Addr)> {
 }
 
 impl Plugin for EgressV4 {
+    const NAME: &'static str = "egress-v4";
+    const ABOUT: &'static str = "chained after an IPv6 main plugin: a second veth with a link-local IPv4 address, SNAT to the node's IPv4 address";
+
     fn add(inv: &Invocation) -> Result<CniResult> {
         let s = settings(inv)?;
         let mut result = inv.config.require_prev_result()?;

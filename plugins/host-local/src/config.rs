@@ -11,6 +11,9 @@ use std::path::PathBuf;
 
 #[derive(Debug, Default, Deserialize)]
 struct IpamConf {
+    /// This plugin's own name, which the main plugin reads (listed so it is not taken for a typo).
+    #[serde(rename = "type", default)]
+    _kind: Option<String>,
     #[serde(default)]
     subnet: Option<String>,
     #[serde(rename = "rangeStart", default, with = "opt_ip")]

@@ -21,6 +21,10 @@ fn attachment_settings(inv: &Invocation) -> Result<Settings> {
 }
 
 impl Plugin for HostLocal {
+    const NAME: &'static str = "host-local";
+    const ABOUT: &'static str =
+        "IPAM: addresses from ranges per network, kept on the node's disk in the reference host-local's format";
+
     fn add(inv: &Invocation) -> Result<CniResult> {
         let s = attachment_settings(inv)?;
         let dns = s.resolv_conf.as_deref().map(dns::read).transpose()?.unwrap_or_default();

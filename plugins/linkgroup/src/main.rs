@@ -136,6 +136,9 @@ fn walk(inv: &Invocation, verify: bool) -> Result<CniResult> {
 }
 
 impl Plugin for LinkGroup {
+    const NAME: &'static str = "linkgroup";
+    const ABOUT: &'static str = "chained: puts the pod's host-side interfaces (or its bridge) into a link group, for one nftables rule per group";
+
     fn add(inv: &Invocation) -> Result<CniResult> {
         walk(inv, false)
     }

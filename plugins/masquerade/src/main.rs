@@ -45,6 +45,10 @@ fn with_group<T>(s: &Settings, f: impl FnOnce(&GroupMasq) -> Result<T>) -> Resul
 }
 
 impl Plugin for Masquerade {
+    const NAME: &'static str = "masquerade";
+    const ABOUT: &'static str =
+        "chained: masquerades pod traffic leaving the node with nftables, one rule per pod link group or per pod";
+
     fn add(inv: &Invocation) -> Result<CniResult> {
         let s = settings(inv)?;
         let prev = inv.config.require_prev_result()?;

@@ -34,6 +34,9 @@ fn masquerade(inv: &Invocation, result: &CniResult) -> Result<()> {
 }
 
 impl Plugin for Ptp {
+    const NAME: &'static str = "ptp";
+    const ABOUT: &'static str = "a point-to-point veth per pod, addresses from an IPAM plugin, routed through the node (optional nftables masquerade)";
+
     fn add(inv: &Invocation) -> Result<CniResult> {
         let s = settings(inv)?;
         let group = s.group.as_ref().map(GroupRef::resolve).transpose()?;
