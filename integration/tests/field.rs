@@ -166,12 +166,22 @@ fn del_with_a_config_add_would_refuse_leaves_nothing() {
     let r = chain.add(&node, "typo", pod.path());
     chain.list["plugins"][2]["mode"] = json!("groups");
     chain.list["plugins"][2]["podGroup"] = json!([8]);
+    chain.list["plugins"][1]["group"] = json!([8]);
     chain.list["plugins"][0]["mtu"] = json!("x");
     chain.list["plugins"][0]["ipMasqBackend"] = json!("iptables");
     let conf = serde_json::to_vec(&chain.config(2, Some(&r))).unwrap();
     Call::new("masquerade", "ADD", "typo2", pod.path()).run(&node, &conf).err(6);
     chain.del(&node, "typo", pod.path(), Some(&r));
     chain.del(&node, "typo", pod.path(), None);
+    // egress-v4 likewise, with SNAT settings it would refuse.
+    node.ip(&["route", "add", "default", "via", "192.0.2.2"]);
+    let mut egress = Chain::shipped_in("30-cni-chain-egress-v4.conflist", stores.path());
+    let v6pod = Netns::new();
+    let r6 = egress.add(&node, "typo6", v6pod.path());
+    egress.list["plugins"][1]["randomizeSNAT"] = json!("sometimes");
+    egress.list["plugins"][1]["nodeIP"] = json!("not-an-ip");
+    egress.list["plugins"][1]["mtu"] = json!("x");
+    egress.del(&node, "typo6", v6pod.path(), Some(&r6));
     let veths: Vec<String> = node.veths().into_iter().filter(|v| v != "uplink").collect();
     assert!(veths.is_empty(), "{veths:?}");
     assert!(reservations(stores.path()).is_empty());

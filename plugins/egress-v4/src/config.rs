@@ -2,7 +2,7 @@
 
 use common::invocation::validate_ifname;
 use common::nft::PortSelection;
-use common::types::{bool_or_string, number_or_string, validate_mtu};
+use common::types::{bool_or_string, lenient, number_or_string, validate_mtu};
 use common::{CniError, Result};
 use serde::Deserialize;
 use std::net::{IpAddr, Ipv4Addr};
@@ -25,6 +25,38 @@ pub struct EgressConf {
 
 pub const DEFAULT_IFNAME: &str = "v4if0";
 pub const DEFAULT_VETH_PREFIX: &str = "egress";
+
+/// What DEL reads: whether it is on, and the names that find the attachment.
+#[derive(Debug, PartialEq, Eq)]
+pub struct DelSettings {
+    pub enabled: bool,
+    pub if_name: String,
+    pub veth_prefix: String,
+}
+
+/// The keys DEL reads, of any JSON type.
+#[derive(Debug, Deserialize)]
+pub struct DelConf {
+    #[serde(default, deserialize_with = "lenient_flag")]
+    enabled: Option<bool>,
+    #[serde(rename = "ifName", default, deserialize_with = "lenient")]
+    if_name: Option<String>,
+    #[serde(rename = "vethPrefix", default, deserialize_with = "lenient")]
+    veth_prefix: Option<String>,
+}
+
+fn lenient_flag<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Option<bool>, D::Error> {
+    Ok(bool_or_string(d).ok().flatten())
+}
+
+/// Unusable values fall back to the defaults: DEL then finds what an ADD with the defaults made.
+pub fn del_settings(config: Result<DelConf>) -> DelSettings {
+    let c = config.unwrap_or(DelConf { enabled: None, if_name: None, veth_prefix: None });
+    let enabled = c.enabled.unwrap_or(true);
+    let if_name = c.if_name.filter(|n| validate_ifname(n).is_ok()).unwrap_or_else(|| DEFAULT_IFNAME.into());
+    let veth_prefix = c.veth_prefix.filter(|p| !p.is_empty()).unwrap_or_else(|| DEFAULT_VETH_PREFIX.into());
+    DelSettings { enabled, if_name, veth_prefix }
+}
 
 #[derive(Debug)]
 pub struct Settings {

@@ -11,7 +11,7 @@ use common::netns::Netns;
 use common::nft::Nft;
 use common::types::{IpConfig, Route};
 use common::{ipam, p2p, sysctl, CniError, CniResult, Command, Invocation, Plugin, Result};
-use config::{EgressConf, Settings};
+use config::{DelSettings, EgressConf, Settings};
 use snat::Snat;
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr};
@@ -37,9 +37,9 @@ struct Names {
     tag: String,
 }
 
-fn names(inv: &Invocation, s: &Settings) -> Result<Names> {
+fn names(inv: &Invocation, veth_prefix: &str, if_name: &str) -> Result<Names> {
     Ok(Names {
-        host_ifname: names::host_ifname(&s.veth_prefix, &inv.container_id, &s.if_name)?,
+        host_ifname: names::host_ifname(veth_prefix, &inv.container_id, if_name)?,
         tag: owner(inv).alias(&inv.container_id, &inv.ifname)?,
     })
 }
@@ -86,7 +86,7 @@ impl Plugin for EgressV4 {
                 v4.address
             )));
         }
-        let n = names(inv, &s)?;
+        let n = names(inv, &s.veth_prefix, &s.if_name)?;
         let pod = Netns::open(&inv.netns)?;
         let rtnl = Rtnl::new()?;
         let node = rtnl.connect()?;
@@ -116,8 +116,9 @@ impl Plugin for EgressV4 {
         Ok(result)
     }
 
+    /// DEL reads only the names that find the attachment: a value it does not need never leaks the pod.
     fn del(inv: &Invocation) -> Result<()> {
-        let s = settings(inv)?;
+        let s = config::del_settings(inv.config.plugin_part());
         let cleaned = cleanup(inv, &s);
         if s.enabled {
             cleaned
@@ -137,7 +138,7 @@ impl Plugin for EgressV4 {
         }
         let prev = inv.config.require_prev_result()?;
         ipam::exec(inv, Command::Check)?;
-        let n = names(inv, &s)?;
+        let n = names(inv, &s.veth_prefix, &s.if_name)?;
         let pod = Netns::open(&inv.netns)?;
         let rtnl = Rtnl::new()?;
         let node = rtnl.connect()?;
@@ -173,8 +174,8 @@ impl Plugin for EgressV4 {
 }
 
 /// DEL's work: host veth by name (also without the netns), SNAT element by tag, IPAM reservation.
-fn cleanup(inv: &Invocation, s: &Settings) -> Result<()> {
-    let n = names(inv, s)?;
+fn cleanup(inv: &Invocation, s: &DelSettings) -> Result<()> {
+    let n = names(inv, &s.veth_prefix, &s.if_name)?;
     // A missing netns is normal for DEL: the host end is found by name.
     let pod = Netns::open_for_del(&inv.netns)?;
     // IPAM releases the address while the kernel deletes the veth (an RCU wait that dominates DEL); an IPAM
