@@ -182,7 +182,10 @@ fn every_version_explicit_node_ip_and_port_randomization() {
     // The AWS names of the log settings work: DEBUG lines of every verb went to the file.
     let log = std::fs::read_to_string(s.data.path().join("egress.log")).unwrap();
     for verb in ["ADD", "CHECK", "DEL"] {
-        assert!(log.contains(&format!("egress-v4 {verb} container=p1")), "{log}");
+        let line = log
+            .lines()
+            .find(|l| l.contains(" DEBUG egress-v4[") && l.contains(&format!("] {verb} net=cni-chain-v6 id=p1: ")));
+        assert!(line.is_some(), "{verb}: {log}");
     }
 }
 
