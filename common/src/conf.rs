@@ -57,7 +57,7 @@ pub struct Config {
 /// Keys runtimes add to a plugin's config that no plugin reads.
 const RUNTIME_KEYS: [&str; 1] = ["capabilities"];
 /// What runtimes pass inside these is meant for whichever plugin takes it: the rest is not a typo.
-const RUNTIME_SECTIONS: [&str; 2] = ["runtimeConfig.", "args."];
+const RUNTIME_SECTIONS: [&str; 2] = ["runtimeConfig", "args"];
 
 impl Config {
     pub fn parse(raw: Vec<u8>) -> Result<Self> {
@@ -67,7 +67,7 @@ impl Config {
         if !net.name.is_empty() {
             validate_network_name(&net.name)?;
         }
-        let beyond_common = unknown.into_iter().filter(|u| !u.path.contains('.')).collect();
+        let beyond_common = unknown.into_iter().filter(|u| u.path.len() == 1).collect();
         Ok(Config { net, version, raw, beyond_common })
     }
 
@@ -80,29 +80,27 @@ impl Config {
     /// An IPAM plugin's view: it reads the `ipam` section, and the main plugin's keys beside it are not its
     /// to report.
     pub fn ipam<T: DeserializeOwned>(&self) -> Result<T> {
-        self.decode(|key| key.path.starts_with("ipam."))
+        self.decode(|key| key.path.len() > 1 && key.path[0] == "ipam")
     }
 
     fn decode<T: DeserializeOwned>(&self, report: impl Fn(&UnknownKey) -> bool) -> Result<T> {
         let (conf, unknown) =
             gojson::from_slice(&self.raw).map_err(|e| CniError::Decode(format!("{} config: {e}", self.net.kind)))?;
-        let runtime_given = |k: &UnknownKey| RUNTIME_SECTIONS.iter().any(|s| k.path.starts_with(s));
+        let runtime_given = |k: &UnknownKey| k.path.len() > 1 && RUNTIME_SECTIONS.contains(&k.path[0].as_str());
         for key in unknown.iter().filter(|k| report(k) && !runtime_given(k)) {
-            let top_level = !key.path.contains('.');
+            let top_level = key.path.len() == 1;
             if top_level && !self.beyond_common.iter().any(|c| c.path == key.path) {
                 continue;
             }
-            if top_level && RUNTIME_KEYS.contains(&key.path.as_str()) {
+            if top_level && RUNTIME_KEYS.contains(&key.path[0].as_str()) {
                 continue;
             }
-            let name = key.path.rsplit('.').next().unwrap_or(&key.path);
             let common = self.beyond_common.first().map(|c| c.known.clone()).unwrap_or_default();
             let known = key.known.iter().chain(if top_level { common.iter() } else { [].iter() });
-            match gojson::nearest(name, known.copied()) {
-                Some(near) => {
-                    log::warn!("config key {:?} is not one {} reads: did you mean {near:?}?", key.path, self.net.kind)
-                }
-                None => log::warn!("config key {:?} is not one {} reads", key.path, self.net.kind),
+            let path = key.path.join(".");
+            match gojson::nearest(key.name(), known.copied()) {
+                Some(near) => log::warn!("config key {path:?} is not one this plugin reads: did you mean {near:?}?"),
+                None => log::warn!("config key {path:?} is not one this plugin reads"),
             }
         }
         Ok(conf)
@@ -180,6 +178,18 @@ mod tests {
         for (raw, code) in cases {
             assert_eq!(Config::parse(raw.to_vec()).unwrap_err().code(), code, "{}", String::from_utf8_lossy(raw));
         }
+    }
+
+    #[test]
+    fn keys_with_dots_are_top_level_keys() {
+        let c = Config::parse(
+            br#"{"cniVersion":"1.1.0","name":"d","type":"x","cni.dev/valid-attachments":[],
+            "unknown.key":1}"#
+                .to_vec(),
+        )
+        .unwrap();
+        let paths: Vec<&Vec<String>> = c.beyond_common.iter().map(|u| &u.path).collect();
+        assert_eq!(paths, [&vec!["unknown.key".to_string()]]);
     }
 
     #[test]

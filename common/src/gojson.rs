@@ -11,9 +11,16 @@ use std::cell::RefCell;
 /// A key that no field of its struct took: where it was, and the fields that struct has.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UnknownKey {
-    /// `key` at the top level, `parent.key` below it.
-    pub path: String,
+    /// The keys from the top down to it (keys may hold dots, as `cni.dev/valid-attachments` does).
+    pub path: Vec<String>,
     pub known: Vec<&'static str>,
+}
+
+impl UnknownKey {
+    /// The key itself.
+    pub fn name(&self) -> &str {
+        self.path.last().map_or("", String::as_str)
+    }
 }
 
 thread_local! {
@@ -29,7 +36,7 @@ pub fn from_slice<T: DeserializeOwned>(raw: &[u8]) -> serde_json::Result<(T, Vec
 /// As `from_slice`, from a parsed value.
 pub fn from_value<T: DeserializeOwned>(value: Value) -> serde_json::Result<(T, Vec<UnknownKey>)> {
     UNKNOWN.with(|u| u.borrow_mut().clear());
-    let decoded = T::deserialize(Go { value, path: String::new() });
+    let decoded = T::deserialize(Go { value, path: Vec::new() });
     let unknown = UNKNOWN.with(|u| std::mem::take(&mut *u.borrow_mut()));
     decoded.map(|t| (t, unknown))
 }
@@ -63,19 +70,12 @@ fn edit_distance(a: &str, b: &str) -> usize {
 /// A JSON value being decoded with Go's rules, and where it sits (for unknown keys).
 struct Go {
     value: Value,
-    path: String,
-}
-
-impl Go {
-    fn child(&self, key: &str, value: Value) -> Go {
-        let path = if self.path.is_empty() { key.to_string() } else { format!("{}.{key}", self.path) };
-        Go { value, path }
-    }
+    path: Vec<String>,
 }
 
 /// The object's entries renamed to the struct's fields as Go matches them, in document order, the last of
 /// several for one field winning; `null` entries dropped (Go leaves the field as it was).
-fn match_fields(object: Map<String, Value>, fields: &'static [&'static str], path: &str) -> Vec<(String, Value)> {
+fn match_fields(object: Map<String, Value>, fields: &'static [&'static str], path: &[String]) -> Vec<(String, Value)> {
     let mut out: Vec<(String, Value)> = Vec::new();
     for (key, value) in object {
         let field = fields
@@ -84,7 +84,7 @@ fn match_fields(object: Map<String, Value>, fields: &'static [&'static str], pat
             .or_else(|| fields.iter().find(|f| f.eq_ignore_ascii_case(&key)))
             .map(|f| f.to_string());
         let Some(field) = field else {
-            let full = if path.is_empty() { key.clone() } else { format!("{path}.{key}") };
+            let full = path.iter().cloned().chain([key]).collect();
             UNKNOWN.with(|u| u.borrow_mut().push(UnknownKey { path: full, known: fields.to_vec() }));
             continue;
         };
@@ -97,14 +97,14 @@ fn match_fields(object: Map<String, Value>, fields: &'static [&'static str], pat
 }
 
 struct Entries {
-    parent: String,
+    parent: Vec<String>,
     entries: std::vec::IntoIter<(String, Value)>,
     pending: Option<(String, Value)>,
 }
 
 impl Entries {
-    fn new(parent: &str, entries: Vec<(String, Value)>) -> Entries {
-        Entries { parent: parent.to_string(), entries: entries.into_iter(), pending: None }
+    fn new(parent: &[String], entries: Vec<(String, Value)>) -> Entries {
+        Entries { parent: parent.to_vec(), entries: entries.into_iter(), pending: None }
     }
 }
 
@@ -120,8 +120,8 @@ impl<'de> MapAccess<'de> for Entries {
 
     fn next_value_seed<V: DeserializeSeed<'de>>(&mut self, seed: V) -> serde_json::Result<V::Value> {
         let (key, value) = self.pending.take().ok_or_else(|| de::Error::custom("a value without its key"))?;
-        let parent = Go { value: Value::Null, path: self.parent.clone() };
-        seed.deserialize(parent.child(&key, value))
+        let path = self.parent.iter().cloned().chain([key]).collect();
+        seed.deserialize(Go { value, path })
     }
 
     fn size_hint(&self) -> Option<usize> {
@@ -130,7 +130,7 @@ impl<'de> MapAccess<'de> for Entries {
 }
 
 struct Items {
-    path: String,
+    path: Vec<String>,
     items: std::vec::IntoIter<Value>,
 }
 
@@ -334,8 +334,9 @@ mod tests {
     fn unknown_keys_are_ignored_and_reported_with_their_path() {
         let (c, unknown) = go(r#"{"mtuu": 1, "ipam": {"subnett": "x"}}"#);
         assert_eq!(c.mtu, None);
-        let paths: Vec<&str> = unknown.iter().map(|u| u.path.as_str()).collect();
+        let paths: Vec<String> = unknown.iter().map(|u| u.path.join(".")).collect();
         assert_eq!(paths, ["mtuu", "ipam.subnett"]);
+        assert_eq!(unknown[1].name(), "subnett");
         assert_eq!(nearest("mtuu", unknown[0].known.iter().copied()), Some("mtu"));
         assert_eq!(nearest("subnett", unknown[1].known.iter().copied()), Some("subnet"));
         assert_eq!(nearest("completely-else", ["mtu", "ipam"]), None);

@@ -241,6 +241,13 @@ fn go_style_keys_configure_the_kernel() {
     Call::new("ptp", "CHECK", "go", pod.path()).run(&node, &with_prev).ok();
     Call::new("ptp", "DEL", "go", pod.path()).run(&node, conf.as_bytes()).ok();
     assert!(node.veths().iter().all(|v| v == "uplink"));
+    // Keys the spec gives runtimes (with dots in them) are no typos.
+    let gc = json!({"cniVersion": "1.1.0", "name": "gostyle", "type": "ptp", "cni.dev/valid-attachments": [],
+        "runtimeConfig": {"portMappings": []}, "capabilities": {"portMappings": true},
+        "ipam": {"type": "host-local", "dataDir": stores.str(), "ranges": [[{"subnet": "10.85.0.0/24"}]]}});
+    let reply = Call::new("ptp", "GC", "", "").run(&node, &serde_json::to_vec(&gc).unwrap());
+    reply.ok();
+    assert!(!reply.stderr.contains("is not one"), "{}", reply.stderr);
     assert!(reservations(stores.path()).is_empty());
     assert!(!has_table(&node, "cni_chain"));
 }
