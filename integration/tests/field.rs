@@ -169,6 +169,8 @@ fn del_with_a_config_add_would_refuse_leaves_nothing() {
     chain.list["plugins"][1]["group"] = json!([8]);
     chain.list["plugins"][0]["mtu"] = json!("x");
     chain.list["plugins"][0]["ipMasqBackend"] = json!("iptables");
+    // host-local, run by ptp's DEL, needs the store, not the ranges.
+    chain.list["plugins"][0]["ipam"]["ranges"] = json!([[{"subnet": "10.0.0.1"}]]);
     let conf = serde_json::to_vec(&chain.config(2, Some(&r))).unwrap();
     Call::new("masquerade", "ADD", "typo2", pod.path()).run(&node, &conf).err(6);
     chain.del(&node, "typo", pod.path(), Some(&r));

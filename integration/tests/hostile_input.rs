@@ -35,6 +35,8 @@ enum Reach {
     /// Every verb, only of host-local and of the plugins that delegate to it; not DEL of a delegating
     /// plugin, which removes its own veth even when its IPAM plugin refuses (DEL does what it can).
     Ipam,
+    /// As `Ipam`, but not DEL at all: a value DEL does not need (a range) never stops it.
+    IpamNotDel,
     /// Every verb of the plugins that run an IPAM plugin.
     Delegating,
 }
@@ -179,7 +181,7 @@ const CASES: &[Case] = &[
     },
     Case {
         what: "a bare IP where a subnet is required",
-        reach: Reach::Ipam,
+        reach: Reach::IpamNotDel,
         code: 7,
         make: |c, _| {
             let mut c = c.clone();
@@ -251,6 +253,7 @@ fn bad_input_to_every_plugin_and_verb_gets_its_code_and_changes_nothing() {
                     Reach::EveryVerb => true,
                     Reach::AttachmentVerbs => attachment_verb,
                     Reach::Ipam => uses_ipam && !(verb == "DEL" && plugin != "host-local"),
+                    Reach::IpamNotDel => uses_ipam && verb != "DEL",
                     Reach::Delegating => uses_ipam && plugin != "host-local",
                 };
                 if !applies {
@@ -269,8 +272,11 @@ fn bad_input_to_every_plugin_and_verb_gets_its_code_and_changes_nothing() {
                     .unwrap_or_else(|e| panic!("{context}: stdout is not a CNI error ({e}): {:?}", reply.stdout));
                 // An ADD aimed at the live attachment is refused as such (109) before the IPAM input is read.
                 let live_add = verb == "ADD" && uses_ipam && plugin != "host-local";
-                let code =
-                    if live_add && matches!(case.reach, Reach::Ipam | Reach::Delegating) { 109 } else { case.code };
+                let code = if live_add && matches!(case.reach, Reach::Ipam | Reach::IpamNotDel | Reach::Delegating) {
+                    109
+                } else {
+                    case.code
+                };
                 assert_eq!(got["code"], code, "{context}: {got}");
                 assert!(got["msg"].as_str().is_some_and(|m| !m.is_empty()), "{context}: no message: {got}");
                 assert_same_state(&before, &snapshot(), &context);

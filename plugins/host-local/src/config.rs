@@ -74,6 +74,34 @@ pub struct Settings {
     pub requested: Vec<IpAddr>,
 }
 
+/// The keys DEL reads: where the store is.
+#[derive(Debug, Deserialize)]
+struct StoreConf {
+    #[serde(default)]
+    ipam: Option<StoreIpam>,
+}
+
+#[derive(Debug, Deserialize)]
+struct StoreIpam {
+    #[serde(rename = "dataDir", default, deserialize_with = "common::types::lenient")]
+    data_dir: Option<String>,
+}
+
+/// Where DEL finds the attachment's reservations: the network's store under `dataDir`. Ranges and routes it
+/// does not need, so none of them can fail it; CNI_ARGS is checked as for every verb (the reference does).
+pub fn store_location(inv: &Invocation) -> Result<(PathBuf, String)> {
+    let network = inv.config.net.name.clone();
+    if network.is_empty() {
+        return Err(CniError::InvalidConfig("host-local needs the network's name (it names the store)".into()));
+    }
+    inv.args.check_known(&["IP"])?;
+    let conf: Option<StoreConf> = inv.config.plugin_part().ok();
+    let dir = conf.and_then(|c| c.ipam).and_then(|i| i.data_dir).filter(|d| !d.is_empty());
+    let data_dir = PathBuf::from(dir.unwrap_or_else(|| DEFAULT_DATA_DIR.into()));
+    crate::store::refuse_symlink(&data_dir, "dataDir")?;
+    Ok((data_dir, network))
+}
+
 /// A requested address: an IP, or an IP with a prefix length as the `ips` capability allows.
 fn requested_ip(s: &str) -> Option<IpAddr> {
     let s = s.trim();

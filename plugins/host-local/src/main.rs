@@ -12,11 +12,17 @@ use store::Store;
 
 struct HostLocal;
 
-/// Settings for a verb on one attachment. The ID only goes into files, but `..` is refused all the same.
-fn attachment_settings(inv: &Invocation) -> Result<Settings> {
+/// The ID only goes into files, but `..` is refused all the same.
+fn refuse_dotdot(inv: &Invocation) -> Result<()> {
     if inv.container_id.contains("..") {
         return Err(CniError::InvalidEnv(format!("CNI_CONTAINERID {:?} contains \"..\"", inv.container_id)));
     }
+    Ok(())
+}
+
+/// Settings for a verb on one attachment.
+fn attachment_settings(inv: &Invocation) -> Result<Settings> {
+    refuse_dotdot(inv)?;
     settings(inv)
 }
 
@@ -34,8 +40,9 @@ impl Plugin for HostLocal {
     }
 
     fn del(inv: &Invocation) -> Result<()> {
-        let s = attachment_settings(inv)?;
-        if let Some(store) = Store::open_existing(&s.data_dir, &s.network)? {
+        refuse_dotdot(inv)?;
+        let (data_dir, network) = config::store_location(inv)?;
+        if let Some(store) = Store::open_existing(&data_dir, &network)? {
             let released = allocator::release(&store, &inv.container_id, &inv.ifname)?;
             log::debug!("released {released:?}");
         }
