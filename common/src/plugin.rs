@@ -29,8 +29,8 @@ pub trait Plugin {
 /// Run one CNI call of plugin `P` and exit the process. Run by hand with `--version` or `--help`, it says
 /// what it is and how it is meant to be run.
 pub fn run<P: Plugin>() -> ! {
-    if let Some(arg) = std::env::args().nth(1) {
-        std::process::exit(by_hand::<P>(&arg));
+    if let Some(arg) = std::env::args_os().nth(1) {
+        std::process::exit(by_hand::<P>(&arg.to_string_lossy()));
     }
     std::panic::set_hook(Box::new(|info| log::error!("panic: {info}")));
     let env = Env(|k: &str| std::env::var(k).ok());
