@@ -133,6 +133,23 @@ impl Netns {
             .collect()
     }
 
+    /// Whether an nftables table of this name exists here (any family).
+    pub fn has_nft_table(&self, table: &str) -> bool {
+        let ruleset = self.nft_json();
+        ruleset["nftables"].as_array().unwrap().iter().any(|o| o.get("table").is_some_and(|t| t["name"] == table))
+    }
+
+    /// The number of rules in our table `cni_chain`.
+    pub fn our_nft_rules(&self) -> usize {
+        let ruleset = self.nft_json();
+        ruleset["nftables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|o| o.get("rule").is_some_and(|r| r["table"] == "cni_chain"))
+            .count()
+    }
+
     /// `nft args...` here; panics if it fails.
     pub fn nft(&self, args: &[&str]) -> String {
         let out = self.command("nft").args(args).output().expect("run nft");
@@ -373,6 +390,22 @@ pub fn assert_same_state(before: &str, after: &str, context: &str) {
     let gone = before.lines().filter(|l| !new.contains(l)).map(|l| format!("- {l}"));
     let came = after.lines().filter(|l| !old.contains(l)).map(|l| format!("+ {l}"));
     panic!("{context} changed the host:\n{}", gone.chain(came).collect::<Vec<_>>().join("\n"));
+}
+
+/// Run `f(i)` for i in 0..n, `threads` at a time.
+pub fn concurrently(n: usize, threads: usize, f: impl Fn(usize) + Sync) {
+    let next = AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                if i >= n {
+                    break;
+                }
+                f(i);
+            });
+        }
+    });
 }
 
 /// A temporary directory removed on drop.

@@ -2,23 +2,10 @@
 //! config no longer reads, and ptp's ipMasq chained with the masquerade plugin. Real kernel, real traffic.
 
 use integration::runtimes::node_with_uplink;
-use integration::{reservations_in, Call, Chain, Netns, TempDir};
+use integration::{concurrently, reservations_in, Call, Chain, Netns, TempDir};
 use serde_json::{json, Value};
 use std::net::IpAddr;
 use std::path::Path;
-
-fn has_table(node: &Netns, table: &str) -> bool {
-    node.nft_json()["nftables"].as_array().unwrap().iter().any(|o| o.get("table").is_some_and(|t| t["name"] == table))
-}
-
-fn our_rules(node: &Netns) -> usize {
-    node.nft_json()["nftables"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|o| o.get("rule").is_some_and(|r| r["table"] == "cni_chain"))
-        .count()
-}
 
 /// The shipped masquerade chain as network `name` with its own IPv4/IPv6 ranges and store, at 1.1.0 (GC).
 fn masq_network(name: &str, v4: &str, v6: &str, stores: &Path) -> Chain {
@@ -47,7 +34,7 @@ fn two_networks_share_the_group_rule_until_the_last_pod_of_either_goes() {
     let ra1 = a.add(&node, "a1", pods[0].path());
     let ra2 = a.add(&node, "a2", pods[1].path());
     let rb1 = b.add(&node, "b1", pods[2].path());
-    assert_eq!(our_rules(&node), 1, "one rule for both networks");
+    assert_eq!(node.our_nft_rules(), 1, "one rule for both networks");
 
     // The runtime of network B forgot all its pods: B's GC must not take A's egress away.
     b.gc(&node, &[]);
@@ -59,10 +46,10 @@ fn two_networks_share_the_group_rule_until_the_last_pod_of_either_goes() {
     // The pods go one by one; the rule stays while any is left, and the last DEL takes the table.
     b.del(&node, "b1", pods[2].path(), Some(&rb1));
     a.del(&node, "a1", pods[0].path(), Some(&ra1));
-    assert_eq!(our_rules(&node), 1, "a2 still uses the rule");
+    assert_eq!(node.our_nft_rules(), 1, "a2 still uses the rule");
     assert_eq!(outside.peer_of(&pods[1], "192.0.2.2"), Some("192.0.2.1".parse::<IpAddr>().unwrap()));
     a.del(&node, "a2", pods[1].path(), None);
-    assert!(!has_table(&node, "cni_chain"), "{}", node.nft(&["list", "ruleset"]));
+    assert!(!node.has_nft_table("cni_chain"), "{}", node.nft(&["list", "ruleset"]));
 }
 
 /// masquerade alone in group mode for network `net`, with the prevResult a main plugin would give.
@@ -71,21 +58,6 @@ fn group_masq(net: &str, addrs: &[String]) -> Vec<u8> {
     let c = json!({"cniVersion": "1.1.0", "name": net, "type": "masquerade", "mode": "group",
         "prevResult": {"cniVersion": "1.1.0", "ips": ips}});
     serde_json::to_vec(&c).unwrap()
-}
-
-fn concurrently(n: usize, threads: usize, f: impl Fn(usize) + Sync) {
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    std::thread::scope(|s| {
-        for _ in 0..threads {
-            s.spawn(|| loop {
-                let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                if i >= n {
-                    break;
-                }
-                f(i);
-            });
-        }
-    });
 }
 
 /// Point 1 under load: ADDs and DELs of two networks interleave; whichever DEL is last takes the table,
@@ -103,7 +75,7 @@ fn a_hundred_concurrent_adds_and_dels_across_two_networks_end_with_no_table() {
         Call::new("masquerade", "CHECK", &id, node.path()).run(&node, &conf).ok();
         Call::new("masquerade", "DEL", &id, "").run(&node, &conf).ok();
     });
-    assert!(!has_table(&node, "cni_chain"), "{}", node.nft(&["list", "ruleset"]));
+    assert!(!node.has_nft_table("cni_chain"), "{}", node.nft(&["list", "ruleset"]));
 }
 
 /// Point 3: a second ADD for a live attachment fails, and its rollback never frees the live pod's address.
@@ -187,7 +159,7 @@ fn del_with_a_config_add_would_refuse_leaves_nothing() {
     let veths: Vec<String> = node.veths().into_iter().filter(|v| v != "uplink").collect();
     assert!(veths.is_empty(), "{veths:?}");
     assert!(reservations(stores.path()).is_empty());
-    assert!(!has_table(&node, "cni_chain"), "{}", node.nft(&["list", "ruleset"]));
+    assert!(!node.has_nft_table("cni_chain"), "{}", node.nft(&["list", "ruleset"]));
 }
 
 /// Point 5: ptp's ipMasq and the masquerade plugin's pod mode for the same pod each keep their own state:
@@ -209,7 +181,7 @@ fn ptp_ip_masq_and_masquerade_pod_mode_hold_the_same_pod() {
     all_ok(chain.check(&node, "both", pod.path(), &r));
     assert_eq!(outside.peer_of(&pod, "192.0.2.2"), Some("192.0.2.1".parse::<IpAddr>().unwrap()));
     chain.del(&node, "both", pod.path(), Some(&r));
-    assert!(!has_table(&node, "cni_chain"), "{}", node.nft(&["list", "ruleset"]));
+    assert!(!node.has_nft_table("cni_chain"), "{}", node.nft(&["list", "ruleset"]));
 }
 
 /// Point 4: a config written for the Go plugins, read as Go reads it: keys in any case, the last duplicate
@@ -251,7 +223,7 @@ fn go_style_keys_configure_the_kernel() {
     reply.ok();
     assert!(!reply.stderr.contains("is not one"), "{}", reply.stderr);
     assert!(reservations(stores.path()).is_empty());
-    assert!(!has_table(&node, "cni_chain"));
+    assert!(!node.has_nft_table("cni_chain"));
 }
 
 /// Point 2: after the reference bridge (isGateway), routed pod traffic enters the node through the bridge:
@@ -287,7 +259,7 @@ fn linkgroup_after_a_bridge_groups_the_bridge_and_egress_is_masqueraded() {
     assert!(chain.check(&node, "br0", pods[0].path(), &r0)[1].err(104).contains("cni-br0"));
     chain.del(&node, "br1", pods[1].path(), Some(&r1));
     chain.del(&node, "br0", pods[0].path(), Some(&r0));
-    assert!(!has_table(&node, "cni_chain"));
+    assert!(!node.has_nft_table("cni_chain"));
     assert!(reservations(stores.path()).is_empty());
 }
 
@@ -404,5 +376,5 @@ fn logs_say_who_did_what_to_the_kernel() {
     assert!(reply.stderr.contains(r#"logLevel "verbose" is not one of"#), "{}", reply.stderr);
     assert!(reply.stderr.contains("cannot write logFile"), "{}", reply.stderr);
     Call::new("ptp", "DEL", "logc", pod.path()).run(&node, &bytes).ok();
-    assert!(!has_table(&node, "cni_chain"));
+    assert!(!node.has_nft_table("cni_chain"));
 }

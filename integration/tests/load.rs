@@ -3,40 +3,13 @@
 //! before and after.
 
 use integration::runtimes::node_with_uplink;
-use integration::{reservations_in, tree_state, Chain, Netns, TempDir};
+use integration::{concurrently, reservations_in, tree_state, Chain, Netns, TempDir};
 use serde_json::{json, Value};
 use std::collections::HashSet;
 use std::path::Path;
 
-/// Run `f(i)` for i in 0..n, `threads` at a time.
-fn concurrently(n: usize, threads: usize, f: impl Fn(usize) + Sync) {
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    std::thread::scope(|s| {
-        for _ in 0..threads {
-            s.spawn(|| loop {
-                let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                if i >= n {
-                    break;
-                }
-                f(i);
-            });
-        }
-    });
-}
-
 fn addresses(result: &Value) -> Vec<String> {
     result["ips"].as_array().unwrap().iter().map(|ip| ip["address"].as_str().unwrap().to_string()).collect()
-}
-
-/// Rules in our nftables table.
-fn our_rules(node: &Netns) -> usize {
-    let ruleset = node.nft_json();
-    ruleset["nftables"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|o| o.get("rule").is_some_and(|r| r["table"] == "cni_chain"))
-        .count()
 }
 
 #[test]
@@ -57,7 +30,7 @@ fn a_hundred_concurrent_adds_then_a_hundred_concurrent_dels() {
     assert_eq!(all.iter().collect::<HashSet<_>>().len(), 200, "addresses are distinct");
     let veths = node.veths().into_iter().filter(|v| v != "uplink").count();
     assert_eq!(veths, 100);
-    assert_eq!(our_rules(&node), 1, "one masquerade rule for 100 pods");
+    assert_eq!(node.our_nft_rules(), 1, "one masquerade rule for 100 pods");
     // Traffic: a pod reaches another through the node.
     let other = results[99]["ips"][0]["address"].as_str().unwrap().split('/').next().unwrap().to_string();
     // A few tries: the first packets wait for neighbour resolution on a machine busy with other tests.

@@ -2,7 +2,7 @@
 //! host behind an uplink, and a "peer" behind a link in group 9 (the cluster network). Traffic is real
 //! TCP; the listener reports the source address it sees.
 
-use integration::{with_prev_result, Call, Chain, Netns, TempDir};
+use integration::{concurrently, with_prev_result, Call, Chain, Netns, TempDir};
 use serde_json::{json, Value};
 use std::net::IpAddr;
 
@@ -52,10 +52,6 @@ fn rules(node: &Netns, table: &str) -> Vec<Value> {
         .filter(|r| r["table"] == table)
         .cloned()
         .collect()
-}
-
-fn has_table(node: &Netns, table: &str) -> bool {
-    node.nft_json()["nftables"].as_array().unwrap().iter().any(|o| o.get("table").is_some_and(|t| t["name"] == table))
 }
 
 /// A table that is not ours, to prove we never touch it.
@@ -121,7 +117,7 @@ fn group_mode_chain_masquerades_egress_with_one_rule() {
     for reply in gc_1_1.each(&s.node, "GC", &[]) {
         reply.ok();
     }
-    assert!(!has_table(&s.node, "cni_chain"), "GC with no pods left removes the table");
+    assert!(!s.node.has_nft_table("cni_chain"), "GC with no pods left removes the table");
     assert!(pod_veths(&s.node).is_empty());
     assert_eq!(s.node.nft(&["list", "table", "inet", "other"]), other, "another table was touched");
 }
@@ -137,21 +133,6 @@ fn masq_conf(mode: Value, addrs: &[String]) -> Vec<u8> {
     serde_json::to_vec(&c).unwrap()
 }
 
-fn parallel(n: usize, f: impl Fn(usize) + Sync) {
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    std::thread::scope(|s| {
-        for _ in 0..8 {
-            s.spawn(|| loop {
-                let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                if i >= n {
-                    break;
-                }
-                f(i);
-            });
-        }
-    });
-}
-
 #[test]
 fn rule_count_is_the_same_for_one_pod_and_for_200_and_concurrent_adds_converge() {
     let node = Netns::new();
@@ -165,13 +146,13 @@ fn rule_count_is_the_same_for_one_pod_and_for_200_and_concurrent_adds_converge()
     let group = json!({"mode": "group"});
     add(&group, 0);
     let one = rules(&node, "cni_chain").len();
-    parallel(200, |i| add(&group, i));
+    concurrently(200, 8, |i| add(&group, i));
     assert_eq!((one, rules(&node, "cni_chain").len()), (1, 1), "group mode: one rule, however many pods");
 
     let pod = json!({"mode": "pod"});
     add(&pod, 0);
     let with_one = rules(&node, "cni_chain").len();
-    parallel(200, |i| add(&pod, i));
+    concurrently(200, 8, |i| add(&pod, i));
     assert_eq!(rules(&node, "cni_chain").len(), with_one, "pod mode: fixed rules");
     let elems = node.nft_elements("pods_v4");
     assert_eq!(elems.len(), 200);
@@ -193,7 +174,7 @@ fn rule_count_is_the_same_for_one_pod_and_for_200_and_concurrent_adds_converge()
     Call::new("masquerade", "DEL", "c0", "").run(&node, &serde_json::to_vec(&no_prev).unwrap()).ok();
     assert_eq!(node.nft_elements("pods_v4").len(), 99);
     // The last 99 go by concurrent DELs, which must still leave no per-pod structure behind.
-    parallel(99, |i| {
+    concurrently(99, 8, |i| {
         let id = format!("c{}", i + 1);
         Call::new("masquerade", "DEL", &id, "").run(&node, &serde_json::to_vec(&no_prev).unwrap()).ok();
     });
@@ -202,7 +183,7 @@ fn rule_count_is_the_same_for_one_pod_and_for_200_and_concurrent_adds_converge()
     Call::new("masquerade", "GC", "", "").run(&node, &integration::with_valid_attachments(&conf, &[])).ok();
     let group_conf: Value = serde_json::from_slice(&masq_conf(group, &[])).unwrap();
     Call::new("masquerade", "GC", "", "").run(&node, &integration::with_valid_attachments(&group_conf, &[])).ok();
-    assert!(!has_table(&node, "cni_chain"), "{}", node.nft(&["list", "ruleset"]));
+    assert!(!node.has_nft_table("cni_chain"), "{}", node.nft(&["list", "ruleset"]));
 }
 
 #[test]
@@ -238,7 +219,7 @@ fn pod_mode_masquerades_except_towards_excluded_cidrs() {
         [(pod_ip(&r2, false).to_string(), "cni-chain:masquerade:podmasq:q2/eth0".into())]
     );
     chain.del(&s.node, "q2", pod2.path(), Some(&r2));
-    assert!(!has_table(&s.node, "podmasq"), "the last DEL leaves no elements and no table");
+    assert!(!s.node.has_nft_table("podmasq"), "the last DEL leaves no elements and no table");
 }
 
 #[test]
@@ -258,7 +239,7 @@ fn ptp_ip_masq_uses_the_pod_mode() {
     s.node.nft(&["flush", "map", "inet", "cni_chain", "ptp_pods_v4"]);
     Call::new("ptp", "CHECK", "m1", pod.path()).run(&s.node, &with_prev_result(&conf, &r)).err(104);
     Call::new("ptp", "DEL", "m1", pod.path()).run(&s.node, &bytes).ok();
-    assert!(!has_table(&s.node, "cni_chain"));
+    assert!(!s.node.has_nft_table("cni_chain"));
     assert!(pod_veths(&s.node).is_empty());
 }
 
@@ -346,5 +327,5 @@ fn shipped_chain_with_the_reference_portmap_and_bandwidth() {
     chain.del(&s.node, "pm", pod.path(), Some(&r));
     assert!(pod_veths(&s.node).is_empty());
     assert_eq!(s.node.ip_json(&["link", "show", "type", "ifb"]), json!([]));
-    assert!(!has_table(&s.node, "cni_chain"), "our rule goes with the last pod");
+    assert!(!s.node.has_nft_table("cni_chain"), "our rule goes with the last pod");
 }
