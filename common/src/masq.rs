@@ -161,11 +161,11 @@ fn group_sets(nft: &mut Nft, table: &str) -> Result<Vec<(String, Vec<Element>)>>
 /// Remove the group memberships `drop` selects (by tag), whatever the group, then every group rule left
 /// without members, and the table once empty. DEL and GC need no config value but the table for this.
 pub fn remove_group_members(nft: &mut Nft, table: &str, drop: impl Fn(&str) -> bool) -> Result<usize> {
-    if !nft.table_exists(table)? {
+    let sets = group_sets(nft, table)?;
+    if sets.is_empty() {
         return Ok(0);
     }
     let mut removed = 0;
-    let sets = group_sets(nft, table)?;
     for (set, elements) in &sets {
         removed += remove_tagged(nft, table, set, elements.clone(), &drop)?;
     }
@@ -353,7 +353,10 @@ impl PodMasq<'_> {
 
     /// Remove the elements of every attachment `drop` selects, then what no element uses any more.
     fn remove_where(&self, nft: &mut Nft, drop: impl Fn(&str) -> bool) -> Result<usize> {
-        if !nft.table_exists(self.table)? {
+        // One dump says whether there is anything of ours (a missing table reads as no sets): a DEL in a chain
+        // that never used this structure costs one round trip, not a dozen.
+        let sets = nft.sets(self.table)?;
+        if !self.names.maps.iter().any(|m| sets.iter().any(|s| s == m)) {
             return Ok(0);
         }
         let mut removed = 0;

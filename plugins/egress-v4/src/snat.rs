@@ -102,11 +102,12 @@ pub fn gc(nft: &mut Nft, table: &str, prefix: &str, is_valid: impl Fn(&str) -> b
 }
 
 fn remove_where(nft: &mut Nft, table: &str, drop: impl Fn(&str) -> bool) -> Result<usize> {
-    if !nft.table_exists(table)? {
+    let sets = egress_sets(nft, table)?;
+    if sets.is_empty() {
         return Ok(0);
     }
     let mut removed = 0;
-    for (set, elements) in egress_sets(nft, table)? {
+    for (set, elements) in sets {
         removed += remove_tagged(nft, table, &set, elements, &drop)?;
         // Tried whenever the set may be empty now, not just when our dump said so: concurrent DELs each see
         // the others' elements, and the kernel's "only if empty" check is the one that is never stale.
