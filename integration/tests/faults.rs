@@ -86,6 +86,13 @@ fn assert_enough_landed(landed: usize, runs: usize) {
     assert!(landed * 3 >= runs, "only {landed} of {runs} kills landed mid-way: lengthen the plugins' window");
 }
 
+/// The window after a kill: one that came after the plugin finished says the machine is quicker now than
+/// when the window was measured (under the load of other tests), so the next kill aims a quarter earlier;
+/// one that landed lets the window grow back towards the measured time, so late moments stay covered.
+fn adapt(window: &mut u64, measured: u64, landed: bool) {
+    *window = if landed { (*window * 9 / 8 + 1).min(measured.max(1)) } else { (*window * 3 / 4).max(1) };
+}
+
 /// How long each plugin of `chain` takes for ADD here (the shortest of three runs), so kills can be
 /// aimed inside that window: our plugins are quick, and a kill after the end tests nothing.
 fn add_durations(chain: &Chain, node: &Netns) -> Vec<Duration> {
@@ -160,17 +167,21 @@ fn sigkill_at_random_moments_of_add_then_del_and_gc_leave_nothing() {
     let chains = chains(stores.path());
     let windows: Vec<Vec<Duration>> = chains.iter().map(|c| add_durations(c, &node)).collect();
     eprintln!("ADD times per plugin: {windows:?}");
+    let measured: Vec<Vec<u64>> = windows.iter().map(|w| w.iter().map(|d| d.as_micros() as u64).collect()).collect();
+    let mut windows = measured.clone();
     let mut rng = Rng::new();
     let (runs, mut landed) = (120, 0);
     for run in 0..runs {
         let chain = &chains[run % chains.len()];
         // Which plugin dies, and when: anywhere in the time its ADD takes.
         let victim = rng.below(chain.plugins() as u64) as usize;
-        let window = windows[run % chains.len()][victim].as_micros() as u64;
-        let delay = Duration::from_micros(rng.below(window.max(1)));
+        let window = &mut windows[run % chains.len()][victim];
+        let delay = Duration::from_micros(rng.below((*window).max(1)));
         let (pod, id) = (Netns::new(), format!("killed-{run}"));
         let prev = chain.add_first(victim, &node, &id, pod.path());
-        landed += add_killed(chain, victim, &node, &id, &pod, prev.as_ref(), delay) as usize;
+        let hit = add_killed(chain, victim, &node, &id, &pod, prev.as_ref(), delay);
+        adapt(window, measured[run % chains.len()][victim], hit);
+        landed += hit as usize;
         let context = format!("run {run}: plugin {victim} killed after {delay:?}");
         // The runtime saw ADD fail: DEL with no prevResult, then GC with nothing valid.
         chain.del(&node, &id, pod.path(), None);
@@ -190,12 +201,15 @@ fn a_killed_host_local_then_del_and_gc_leave_nothing() {
         "plugins": [{"type": "host-local", "ipam": {"type": "host-local", "dataDir": stores.path(),
                      "ranges": [[{"subnet": "10.70.0.0/24"}], [{"subnet": "fd70::/64"}]]}}]
     }));
-    let window = add_durations(&chain, &node)[0].as_micros() as u64;
+    let measured = add_durations(&chain, &node)[0].as_micros() as u64;
+    let mut window = measured;
     let (mut rng, runs, mut landed) = (Rng::new(), 100, 0);
     for run in 0..runs {
         let (pod, id) = (Netns::new(), format!("ipam-{run}"));
         let delay = Duration::from_micros(rng.below(window.max(1)));
-        landed += add_killed(&chain, 0, &node, &id, &pod, None, delay) as usize;
+        let hit = add_killed(&chain, 0, &node, &id, &pod, None, delay);
+        adapt(&mut window, measured, hit);
+        landed += hit as usize;
         chain.del(&node, &id, pod.path(), None);
         chain.gc(&node, &[]);
         assert_nothing_left(&node, stores.path(), &format!("host-local run {run}"));
