@@ -72,15 +72,24 @@ ip -n "$node" link set uplink up; ip -n "$outside" link set eth0 up
 ip -n "$node" route add default via 192.0.2.2
 ip -n "$outside" -6 route add fd90::/64 via 2001:db8::1
 
-# Listen on the outside host's port 8080 for one connection and say where it came from.
+# Listen on the outside host's port 8080 for one connection and say where it came from. Returns once the socket
+# listens (the listener says so), so the pod's connect never races its start. Debian's own python3: a python
+# earlier on PATH may be anything.
 listen_outside() {
-    ip netns exec "$outside" python3 -c '
+    exec {listen_fd}< <(ip netns exec "$outside" /usr/bin/python3 -u -c '
 import socket
 s = socket.socket(socket.AF_INET6); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("::", 8080)); s.listen(); s.settimeout(10)
-c, peer = s.accept(); print("outside host: connection from", peer[0].removeprefix("::ffff:"))' &
+s.bind(("::", 8080)); s.listen(); print("listening", flush=True); s.settimeout(30)
+c, peer = s.accept(); print("outside host: connection from", peer[0].removeprefix("::ffff:"))')
     listener=$!
-    sleep 0.3
+    local ready=""
+    read -r -t 30 -u "$listen_fd" ready || true
+    [ "$ready" = listening ] || { echo "the outside host's listener did not start" >&2; exit 1; }
+}
+# What the listener saw, once it has exited.
+outside_saw() {
+    cat <&"$listen_fd"; exec {listen_fd}<&-
+    wait "$listener"
 }
 
 step "ADD: ptp -> linkgroup -> masquerade for two pods (CNI 1.1.0)"
@@ -110,7 +119,7 @@ ip netns exec "${pods[0]}" ping -c 2 -W 2 "$pod2_v6"
 step "egress: pod1 connects to the outside host 192.0.2.2:8080, which sees the node's address"
 listen_outside
 ip netns exec "${pods[0]}" bash -c 'exec 3<>/dev/tcp/192.0.2.2/8080' && echo "pod1: connected"
-wait "$listener"
+outside_saw
 
 use_chain demo6
 step "ADD: ptp (IPv6 only) -> egress-v4 for pod3: the result's ips stay IPv6, the new interfaces are appended"
@@ -127,11 +136,11 @@ ip netns exec "$node" nft list table inet cni_chain | sed -n '/egress_v4/,$p'
 step "egress: IPv6-only pod3 reaches the IPv4 host 192.0.2.2, which sees the node's address"
 listen_outside
 ip netns exec "${pods[2]}" bash -c 'exec 3<>/dev/tcp/192.0.2.2/8080' && echo "pod3: connected over IPv4"
-wait "$listener"
+outside_saw
 step "... and its IPv6 traffic keeps the pod's own address"
 listen_outside
 ip netns exec "${pods[2]}" bash -c 'exec 3<>/dev/tcp/2001:db8::2/8080' && echo "pod3: connected over IPv6"
-wait "$listener"
+outside_saw
 
 step "DEL pod3; egress-v4 removes its veth, set element and link-local address"
 chain_del c3 "${pods[2]}" "${results[2]}"
