@@ -6,7 +6,11 @@ DESTDIR ?=
 PLUGINS := ptp host-local linkgroup masquerade egress-v4
 # Kernel tests make namespaces and processes: keep parallelism modest on small machines.
 TEST_THREADS ?= 4
-APT_PACKAGES := containernetworking-plugins iproute2 iputils-ping nftables iptables python3
+APT_PACKAGES := containernetworking-plugins iproute2 iputils-ping nftables iptables python3 gcc libc6-dev curl \
+	ca-certificates
+# The Rust a machine without one gets (scripts/install-rust.sh, with rustup into ~/.cargo).
+RUST_VERSION := 1.95.0
+export PATH := $(HOME)/.cargo/bin:$(PATH)
 
 .PHONY: all build deps e2e-deps test e2e lint fuzz bench demo install clean
 
@@ -28,12 +32,13 @@ endef
 # Debian packages the tests and demo use (reference plugins for IPAM and comparison, ip, ping).
 deps:
 	$(call apt_install,$(APT_PACKAGES))
-	@command -v cargo >/dev/null || { echo "cargo is required (rustup)"; exit 1; }
+	@bash scripts/install-rust.sh $(RUST_VERSION)
 	@cargo fmt --version >/dev/null 2>&1 || rustup component add rustfmt
 	@cargo clippy --version >/dev/null 2>&1 || rustup component add clippy
 
+# Only the plugins: the tests, the bench and the fuzz targets build what else they need.
 build:
-	cargo build --release --locked
+	cargo build --release --locked $(PLUGINS:%=-p %)
 
 lint:
 	cargo fmt --check
@@ -78,6 +83,7 @@ BENCH_PACKAGES := python3-matplotlib binutils
 BENCH_FLAGS ?=
 bench: deps build
 	$(call apt_install,$(BENCH_PACKAGES))
+	cargo build --release --locked -p bench
 	target/release/cni-chain-bench --out bench $(BENCH_FLAGS)
 	/usr/bin/python3 bench/plot.py bench/results.json bench/growth.png
 	@echo "see bench/RESULTS.md and bench/growth.png"
