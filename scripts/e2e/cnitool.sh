@@ -8,24 +8,27 @@ out="$PWD/target/e2e/bin/cnitool"
 
 missing=()
 for p in golang-go golang-github-appc-cni-dev dpkg-dev; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
-# `apt-get source` needs a deb-src entry: ours goes in a file of its own, on the machine's mirror.
-src_list=/etc/apt/sources.list.d/cni-chain-e2e-src.sources
-update=0
-if [ ! -f "$src_list" ]; then
-    mirror=$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
-    printf 'Types: deb-src\nURIs: %s\nSuites: bookworm\nComponents: main\nSigned-By: %s\n' \
-        "${mirror:-http://deb.debian.org/debian}" /usr/share/keyrings/debian-archive-keyring.gpg >"$src_list"
-    update=1
-fi
-if [ "$update" = 1 ] || [ ${#missing[@]} -gt 0 ]; then apt-get update -qq; fi
 if [ ${#missing[@]} -gt 0 ]; then
     echo "installing: ${missing[*]}"
+    apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+# An older version of this script left this deb-src entry behind.
+rm -f /etc/apt/sources.list.d/cni-chain-e2e-src.sources
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-(cd "$work" && apt-get source -qq --download-only golang-github-appc-cni 2>/dev/null && dpkg-source -x ./*.dsc src 2>/dev/null) >/dev/null
+# `apt-get source` needs a deb-src entry: ours, its index and the download live in $work only, so the machine's
+# apt sources and lists stay as they were.
+mirror=$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
+echo "deb-src [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] ${mirror:-http://deb.debian.org/debian} bookworm main" \
+    >"$work/sources.list"
+mkdir -p "$work/lists/partial" "$work/cache/archives/partial"
+apt_src=(-o Dir::Etc::SourceList="$work/sources.list" -o Dir::Etc::SourceParts=/nonexistent
+    -o Dir::State::Lists="$work/lists" -o Dir::Cache="$work/cache" -o APT::Sandbox::User=root)
+apt-get "${apt_src[@]}" update -qq
+(cd "$work" && apt-get "${apt_src[@]}" source -qq --download-only golang-github-appc-cni 2>/dev/null &&
+    dpkg-source -x ./*.dsc src 2>/dev/null) >/dev/null
 mkdir -p "$work/gopath/src/cnitool" "$(dirname "$out")"
 cp "$work/src/cnitool/cnitool.go" "$work/gopath/src/cnitool/"
 (cd "$work/gopath/src/cnitool" &&
