@@ -12,7 +12,7 @@ APT_PACKAGES := containernetworking-plugins iproute2 iputils-ping nftables iptab
 RUST_VERSION := 1.95.0
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: all build deps e2e-deps test e2e lint fuzz bench demo install clean
+.PHONY: all build deps e2e-deps test e2e lint fuzz bench demo install uninstall release clean
 
 all: build
 
@@ -51,7 +51,7 @@ e2e-deps: deps
 
 # Unit and property tests, the kernel integration tests (hostile input, faults, load and soak among them),
 # the end-to-end tests (as root: they create namespaces), then the fuzz targets for a bounded time.
-test: deps lint build e2e-deps
+test: deps lint build release e2e-deps
 	cargo test --workspace --release --locked -- --test-threads $(TEST_THREADS)
 	$(MAKE) fuzz
 
@@ -91,9 +91,41 @@ bench: deps build
 demo: deps build
 	bash scripts/demo.sh
 
+# Each plugin is written beside its final name, then renamed over it: a runtime executing a plugin meanwhile runs
+# the old one or the new one, never half of one.
 install: build
 	install -d $(DESTDIR)$(CNI_BIN_DIR)
-	for p in $(PLUGINS); do install -m 0755 target/release/$$p $(DESTDIR)$(CNI_BIN_DIR)/$$p; done
+	for p in $(PLUGINS); do \
+		install -m 0755 target/release/$$p $(DESTDIR)$(CNI_BIN_DIR)/.$$p.new && \
+		mv -f $(DESTDIR)$(CNI_BIN_DIR)/.$$p.new $(DESTDIR)$(CNI_BIN_DIR)/$$p || exit 1; \
+	done
+
+# Removes the plugins install wrote: a file of the same name that is not ours (say, a reference plugin put there
+# since) stays.
+uninstall:
+	for p in $(PLUGINS); do f=$(DESTDIR)$(CNI_BIN_DIR)/$$p; \
+		if [ -x "$$f" ] && "$$f" --version 2>/dev/null | head -1 | grep -q "^$$p .*(cni-chain"; then rm -f "$$f"; fi; \
+	done
+
+# Static, stripped binaries (glibc's static-pie: they run on any distribution and FROM scratch) and the conflists,
+# in the layout of the reference plugins' tarball, with a SHA-256 checksum file:
+# dist/cni-chain-linux-<arch>-v<version>.tgz and .tgz.sha256.
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
+ARCH := $(shell uname -m | sed 's/x86_64/amd64/; s/aarch64/arm64/')
+TRIPLE := $(shell uname -m)-unknown-linux-gnu
+RELEASE_NAME := cni-chain-linux-$(ARCH)-v$(VERSION)
+RELEASE_BIN := target/$(TRIPLE)/dist
+release: deps
+	RUSTFLAGS="-C target-feature=+crt-static" cargo build --profile dist --locked --target $(TRIPLE) $(PLUGINS:%=-p %)
+	rm -rf dist/$(RELEASE_NAME) && mkdir -p dist/$(RELEASE_NAME)/conflists
+	cp $(PLUGINS:%=$(RELEASE_BIN)/%) LICENSE README.md dist/$(RELEASE_NAME)/
+	cp conflists/*.conflist dist/$(RELEASE_NAME)/conflists/
+	tar --sort=name --owner=0 --group=0 --numeric-owner --mtime=@$$(git log -1 --format=%ct 2>/dev/null || echo 0) \
+		-C dist/$(RELEASE_NAME) -czf dist/$(RELEASE_NAME).tgz .
+	cd dist && sha256sum $(RELEASE_NAME).tgz > $(RELEASE_NAME).tgz.sha256
+	rm -rf dist/$(RELEASE_NAME)
+	@echo "dist/$(RELEASE_NAME).tgz: $$(cat dist/$(RELEASE_NAME).tgz.sha256 | cut -d' ' -f1)"
 
 clean:
 	cargo clean
+	rm -rf dist
