@@ -122,7 +122,7 @@ fn make_uninstall_removes_exactly_what_make_install_wrote() {
     expected.sort();
     assert_eq!(installed, expected, "install wrote something else (a temporary file left?)");
     for plugin in PLUGINS {
-        let said = run(&mut Command::new(bin_dir.join(plugin)).arg("--version"));
+        let said = run(Command::new(bin_dir.join(plugin)).arg("--version"));
         assert!(said.starts_with(plugin), "{said}");
     }
     make("install"); // again, over itself
