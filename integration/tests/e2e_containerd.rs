@@ -2,9 +2,12 @@
 //! shipped masquerade chain. containerd runs inside the test's node netns and a private mount namespace
 //! (see `integration::runtimes`) with its own root, state, socket and CNI dirs; the CRI calls go through
 //! scripts/e2e/cri.py (Debian 12 has no crictl). containerd calls DEL twice on teardown, the second
-//! time with no netns and no prevResult: nothing may be left after either.
+//! time with no netns and no prevResult: nothing may be left after either. With the shipped template
+//! (deploy/containerd), containerd renders the conflist itself from the pod CIDRs kubelet sends.
 
-use integration::runtimes::{cni_dirs, node_with_uplink, podman, podman_conf, podman_import_busybox, stdout_of, Jail};
+use integration::runtimes::{
+    cni_dirs, node_with_uplink, plugin_dir, podman, podman_conf, podman_import_busybox, stdout_of, Jail,
+};
 use integration::{file_names, reservations_in, Netns};
 use serde_json::Value;
 use std::net::IpAddr;
@@ -20,13 +23,31 @@ struct Containerd {
     outside: Netns,
     daemon: Option<Child>,
     socket: PathBuf,
+    conf_dir: PathBuf,
+}
+
+/// Where containerd's CRI plugin gets its network: a conflist in conf_dir, or the shipped template it renders.
+enum Network<'a> {
+    Conflist(&'a str),
+    Template,
 }
 
 impl Containerd {
-    fn new(conflist: &str) -> Containerd {
+    fn new(network: Network) -> Containerd {
         let (node, outside) = node_with_uplink();
         let jail = Jail::new("containerd");
-        let (bin, conf) = cni_dirs(&jail, conflist);
+        let (bin, conf, template) = match network {
+            Network::Conflist(conflist) => {
+                let (bin, conf) = cni_dirs(&jail, conflist);
+                (bin, conf, String::new())
+            }
+            Network::Template => {
+                let (bin, conf) = (jail.subdir("cni-bin"), jail.subdir("cni-conf"));
+                plugin_dir(&bin);
+                let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/containerd/cni-conf-template.json");
+                (bin, conf, format!("    conf_template = \"{}\"\n", shipped.canonicalize().unwrap().display()))
+            }
+        };
         let socket = jail.dir.path().join("containerd.sock");
         let config = format!(
             r#"version = 2
@@ -47,7 +68,7 @@ state = "{state}"
     bin_dir = "{bin}"
     conf_dir = "{conf}"
     max_conf_num = 1
-"#,
+{template}"#,
             root = jail.subdir("root").display(),
             state = jail.subdir("state").display(),
             socket = socket.display(),
@@ -65,7 +86,7 @@ state = "{state}"
             .stderr(log)
             .spawn()
             .expect("spawn containerd");
-        let mut c = Containerd { jail, node, outside, daemon: Some(daemon), socket };
+        let mut c = Containerd { jail, node, outside, daemon: Some(daemon), socket, conf_dir: conf };
         c.wait_for_socket();
         c.import_pause_image();
         c
@@ -164,7 +185,7 @@ fn ip(s: &str) -> IpAddr {
 
 #[test]
 fn containerd_pod_sandboxes_on_the_masquerade_chain() {
-    let c = Containerd::new("20-cni-chain-masquerade.conflist");
+    let c = Containerd::new(Network::Conflist("20-cni-chain-masquerade.conflist"));
     let (p1, p2) = (c.run_pod("p1"), c.run_pod("p2"));
     let (s1, s2) = (c.cri(&["status", &p1]), c.cri(&["status", &p2]));
     let ips = |s: &Value| -> Vec<String> { s["ips"].as_array().unwrap().iter().map(|i| i.to_string()).collect() };
@@ -198,6 +219,55 @@ fn containerd_pod_sandboxes_on_the_masquerade_chain() {
     assert_eq!(c.cri(&["list"])["ids"], serde_json::json!([]));
     assert_eq!(c.pod_veths(), Vec::<String>::new());
     assert_eq!(c.reservations("cni/networks/cni-chain-masq"), Vec::<String>::new());
+    assert_eq!(file_names(&c.jail.var_lib("cni/results")), Vec::<String>::new(), "libcni's cache is cleared");
+    assert_eq!(file_names(&c.jail.dir.path().join("netns")), Vec::<String>::new(), "no cni-<uuid> netns left");
+}
+
+#[test]
+fn containerd_renders_the_shipped_template_from_the_dual_stack_pod_cidrs_kubelet_sends() {
+    let c = Containerd::new(Network::Template);
+    assert_eq!(c.cri(&["runtime-status"])["NetworkReady"], false, "no conflist before kubelet's pod CIDRs");
+    // What kubelet sends once the node object has its pod CIDRs: both families, comma-separated.
+    c.cri(&["update-runtime-config", "10.244.7.0/24,fd00:10:244:7::/64"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while c.cri(&["runtime-status"])["NetworkReady"] != true {
+        assert!(Instant::now() < deadline, "containerd did not load the rendered conflist: {}", c.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let rendered = file_names(&c.conf_dir);
+    assert_eq!(rendered.len(), 1, "{rendered:?}");
+    let conflist: Value = serde_json::from_slice(&std::fs::read(c.conf_dir.join(&rendered[0])).unwrap()).unwrap();
+    assert_eq!(conflist["name"], "cni-chain");
+    let ipam = &conflist["plugins"][0]["ipam"];
+    assert_eq!(ipam["ranges"], serde_json::json!([[{"subnet": "10.244.7.0/24"}], [{"subnet": "fd00:10:244:7::/64"}]]));
+    assert_eq!(ipam["routes"], serde_json::json!([{"dst": "0.0.0.0/0"}, {"dst": "::/0"}]));
+
+    let (p1, p2) = (c.run_pod("p1"), c.run_pod("p2"));
+    let (s1, s2) = (c.cri(&["status", &p1]), c.cri(&["status", &p2]));
+    for s in [&s1, &s2] {
+        assert_eq!(s["state"], 0, "SANDBOX_READY: {s}");
+        let (v4, v6) = (s["ips"][0].as_str().unwrap(), s["ips"][1].as_str().unwrap());
+        assert!(v4.starts_with("10.244.7.") && v6.starts_with("fd00:10:244:7::"), "from the pod CIDRs: {s}");
+    }
+    let pid2 = s2["pid"].as_u64().unwrap();
+    let ping = |addr: &str| {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/proc/{pid2}/ns/net")).args(["ping", "-c", "1", "-W", "2", addr]);
+        cmd.output().unwrap().status.success()
+    };
+    assert!(ping(s1["ips"][0].as_str().unwrap()) && ping(s1["ips"][1].as_str().unwrap()), "p2 reaches p1");
+    assert_eq!(c.seen_outside(pid2, "192.0.2.2"), Some(ip("192.0.2.1")), "masqueraded as the node");
+    assert_eq!(c.seen_outside(pid2, "2001:db8::2"), Some(ip("2001:db8::1")));
+    assert_eq!(c.reservations("cni/networks/cni-chain").len(), 4);
+
+    for p in [&p1, &p2] {
+        c.cri(&["stop", p]);
+        c.cri(&["remove", p]);
+    }
+    assert_eq!(c.cri(&["list"])["ids"], serde_json::json!([]));
+    assert_eq!(c.pod_veths(), Vec::<String>::new());
+    assert_eq!(c.reservations("cni/networks/cni-chain"), Vec::<String>::new());
+    assert!(!c.node.has_nft_table("cni_chain"), "the last DEL took the masquerade table");
     assert_eq!(file_names(&c.jail.var_lib("cni/results")), Vec::<String>::new(), "libcni's cache is cleared");
     assert_eq!(file_names(&c.jail.dir.path().join("netns")), Vec::<String>::new(), "no cni-<uuid> netns left");
 }

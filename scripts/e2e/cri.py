@@ -9,6 +9,8 @@ generation, no download. Prints JSON on stdout.
     cri.py SOCKET status ID                                             -> {"state", "ips", "pid"}
     cri.py SOCKET stop ID | remove ID
     cri.py SOCKET list                                                  -> {"ids": [...]}
+    cri.py SOCKET update-runtime-config POD_CIDRS   (comma-separated, as kubelet sends them)
+    cri.py SOCKET runtime-status                                        -> {"RuntimeReady": bool, "NetworkReady": ...}
 """
 import json
 import sys
@@ -106,6 +108,18 @@ def list_sandboxes(channel):
     return {"ids": [first(decode(item), 1).decode() for item in reply.get(1, [])]}
 
 
+def update_runtime_config(channel, pod_cidrs):
+    network_config = field(1, pod_cidrs)
+    call(channel, "UpdateRuntimeConfig", field(1, field(1, network_config)))
+    return {}
+
+
+def runtime_status(channel):
+    reply = call(channel, "Status", b"")
+    conditions = decode(first(reply, 1)).get(1, [])
+    return {first(c, 1).decode(): bool(first(c, 2, 0)) for c in map(decode, conditions)}
+
+
 def main(argv):
     socket, verb, args = argv[1], argv[2], argv[3:]
     with grpc.insecure_channel("unix://" + socket) as channel:
@@ -118,6 +132,10 @@ def main(argv):
             out = {}
         elif verb == "list":
             out = list_sandboxes(channel)
+        elif verb == "update-runtime-config":
+            out = update_runtime_config(channel, args[0])
+        elif verb == "runtime-status":
+            out = runtime_status(channel)
         else:
             raise SystemExit(__doc__)
     print(json.dumps(out))
