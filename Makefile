@@ -12,7 +12,7 @@ APT_PACKAGES := containernetworking-plugins iproute2 iputils-ping nftables iptab
 RUST_VERSION := 1.95.0
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: all build deps e2e-deps test e2e lint fuzz bench demo install uninstall release clean
+.PHONY: all build deps e2e-deps test e2e lint fuzz bench demo install uninstall release release-bins image clean
 
 all: build
 
@@ -51,7 +51,7 @@ e2e-deps: deps
 
 # Unit and property tests, the kernel integration tests (hostile input, faults, load and soak among them),
 # the end-to-end tests (as root: they create namespaces), then the fuzz targets for a bounded time.
-test: deps lint build release e2e-deps
+test: deps lint build release e2e-deps image
 	cargo test --workspace --release --locked -- --test-threads $(TEST_THREADS)
 	$(MAKE) fuzz
 
@@ -73,8 +73,8 @@ fuzz:
 	done
 
 # Only the end-to-end tests: real runtimes drive the shipped conflists.
-E2E_TESTS := e2e_cnitool e2e_podman e2e_containerd
-e2e: deps build e2e-deps
+E2E_TESTS := e2e_cnitool e2e_podman e2e_containerd e2e_install
+e2e: deps build e2e-deps image
 	cargo test --release --locked -p integration $(E2E_TESTS:%=--test %) -- --test-threads $(TEST_THREADS)
 
 # Latency of our chains against the reference plugins, growth with live pods, floor, footprint:
@@ -115,8 +115,11 @@ ARCH := $(shell uname -m | sed 's/x86_64/amd64/; s/aarch64/arm64/')
 TRIPLE := $(shell uname -m)-unknown-linux-gnu
 RELEASE_NAME := cni-chain-linux-$(ARCH)-v$(VERSION)
 RELEASE_BIN := target/$(TRIPLE)/dist
-release: deps
-	RUSTFLAGS="-C target-feature=+crt-static" cargo build --profile dist --locked --target $(TRIPLE) $(PLUGINS:%=-p %)
+release-bins: deps
+	RUSTFLAGS="-C target-feature=+crt-static" cargo build --profile dist --locked --target $(TRIPLE) \
+		$(PLUGINS:%=-p %) -p cni-chain-install
+
+release: release-bins
 	rm -rf dist/$(RELEASE_NAME) && mkdir -p dist/$(RELEASE_NAME)/conflists
 	cp $(PLUGINS:%=$(RELEASE_BIN)/%) LICENSE README.md dist/$(RELEASE_NAME)/
 	cp conflists/*.conflist dist/$(RELEASE_NAME)/conflists/
@@ -125,6 +128,26 @@ release: deps
 	cd dist && sha256sum $(RELEASE_NAME).tgz > $(RELEASE_NAME).tgz.sha256
 	rm -rf dist/$(RELEASE_NAME)
 	@echo "dist/$(RELEASE_NAME).tgz: $$(cat dist/$(RELEASE_NAME).tgz.sha256 | cut -d' ' -f1)"
+
+# The DaemonSet's image (deploy/kubernetes): FROM scratch, the static plugins and the containerd template under
+# /cni-chain/host, and the installer that copies them to the host. Built by Podman in a throwaway store (nothing
+# is pulled, the machine's images stay as they were) into an OCI archive: dist/cni-chain-image-<arch>-v<version>.tar,
+# for `podman load`, `ctr -n k8s.io images import` or a push to your registry.
+IMAGE := localhost/cni-chain:v$(VERSION)
+IMAGE_ARCHIVE := dist/cni-chain-image-$(ARCH)-v$(VERSION).tar
+image: release-bins
+	$(call apt_install,podman)
+	@set -e; work=$$(mktemp -d); trap 'rm -rf "$$work"' EXIT; \
+	mkdir -p $$work/context/host/opt/cni/bin $$work/context/host/etc/cni/cni-chain; \
+	cp $(PLUGINS:%=$(RELEASE_BIN)/%) $$work/context/host/opt/cni/bin/; \
+	cp deploy/containerd/cni-conf-template.json $$work/context/host/etc/cni/cni-chain/; \
+	cp $(RELEASE_BIN)/cni-chain-install $$work/context/; \
+	podman="podman --root $$work/storage --runroot $$work/run --storage-driver vfs"; \
+	$$podman build --quiet --network none --pull=never -t $(IMAGE) -f deploy/Containerfile $$work/context >/dev/null; \
+	rm -f $(IMAGE_ARCHIVE); mkdir -p dist; \
+	$$podman save --quiet --format oci-archive -o $(IMAGE_ARCHIVE) $(IMAGE); \
+	$$podman rmi --all --force >/dev/null; \
+	echo "$(IMAGE_ARCHIVE): $(IMAGE)"
 
 clean:
 	cargo clean
