@@ -93,7 +93,7 @@ demo: deps build
 
 # Each plugin is written beside its final name, then renamed over it: a runtime executing a plugin meanwhile runs
 # the old one or the new one, never half of one.
-install: build
+install: deps build
 	install -d $(DESTDIR)$(CNI_BIN_DIR)
 	for p in $(PLUGINS); do \
 		install -m 0755 target/release/$$p $(DESTDIR)$(CNI_BIN_DIR)/.$$p.new && \
