@@ -3,6 +3,7 @@
 
 pub mod conf;
 pub mod error;
+pub mod files;
 pub mod gojson;
 pub mod invocation;
 pub mod ipam;

@@ -98,7 +98,7 @@ pub fn store_location(inv: &Invocation) -> Result<(PathBuf, String)> {
     let conf: Option<StoreConf> = inv.config.plugin_part().ok();
     let dir = conf.and_then(|c| c.ipam).and_then(|i| i.data_dir).filter(|d| !d.is_empty());
     let data_dir = PathBuf::from(dir.unwrap_or_else(|| DEFAULT_DATA_DIR.into()));
-    crate::store::refuse_symlink(&data_dir, "dataDir")?;
+    common::files::refuse_symlink(&data_dir, "dataDir")?;
     Ok((data_dir, network))
 }
 
@@ -164,7 +164,7 @@ pub fn settings(inv: &Invocation) -> Result<Settings> {
     }
 
     let data_dir = PathBuf::from(ipam.data_dir.filter(|d| !d.is_empty()).unwrap_or_else(|| DEFAULT_DATA_DIR.into()));
-    crate::store::refuse_symlink(&data_dir, "dataDir")?;
+    common::files::refuse_symlink(&data_dir, "dataDir")?;
     let resolv_conf = ipam.resolv_conf.filter(|p| !p.is_empty()).map(PathBuf::from);
     Ok(Settings { network, data_dir, range_sets, routes: ipam.routes, resolv_conf, requested })
 }

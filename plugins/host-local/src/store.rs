@@ -4,12 +4,13 @@
 //! Ours adds an index, `.cni-chain-attachments/<hash>`, so that ADD, CHECK and DEL read one or two files
 //! instead of every reservation (a cost that grew with the pods). The reservation files stay the truth.
 
-use common::{CniError, Result};
+use common::files::{create_dir, io, lock_dir, refuse_symlink, write_atomic, FILE_MODE, TMP_SUFFIX};
+use common::Result;
 use std::collections::HashSet;
-use std::fs::{self, DirBuilder, File, OpenOptions};
+use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Write};
 use std::net::IpAddr;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/cni/networks";
@@ -18,12 +19,6 @@ const LAST_RESERVED: &str = "last_reserved_ip.";
 /// The reference reads every file below the store, this directory's too, but only acts on files whose
 /// content is an attachment's `<containerID>\r\n<ifname>` or whose name is an address: an index entry is neither.
 const INDEX_DIR: &str = ".cni-chain-attachments";
-/// Files are written to `<name>.tmp` and renamed, so a plugin killed mid-write leaves the old content or the
-/// new, never half; a `.tmp` left by a kill is swept by GC.
-const TMP_SUFFIX: &str = ".tmp";
-/// Container IDs and addresses are nobody else's business: only root reads the store.
-const DIR_MODE: u32 = 0o700;
-const FILE_MODE: u32 = 0o600;
 
 /// Who holds an address: the attachment, or only the container for files in the older format.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,45 +48,6 @@ pub struct Store {
     _lock: File,
 }
 
-fn io(what: &str, path: &Path, e: std::io::Error) -> CniError {
-    CniError::Io(format!("{what} {}: {e}", path.display()))
-}
-
-/// The store is only ever reached through real directories: a symlink there could point a root process
-/// at any file of the node.
-pub fn refuse_symlink(path: &Path, what: &str) -> Result<()> {
-    match fs::symlink_metadata(path) {
-        Ok(m) if m.file_type().is_symlink() => {
-            Err(CniError::InvalidConfig(format!("{what} {} is a symlink; give the real directory", path.display())))
-        }
-        _ => Ok(()),
-    }
-}
-
-fn create_dir(dir: &Path) -> Result<()> {
-    DirBuilder::new().recursive(true).mode(DIR_MODE).create(dir).map_err(|e| io("creating", dir, e))
-}
-
-/// Replace `path`'s content in one step (write a temporary file, then rename it over).
-fn write_atomic(path: &Path, content: &str) -> Result<()> {
-    let mut tmp_name = path.as_os_str().to_owned();
-    tmp_name.push(TMP_SUFFIX);
-    let tmp = PathBuf::from(tmp_name);
-    let written = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(FILE_MODE)
-        .custom_flags(nix::libc::O_NOFOLLOW)
-        .open(&tmp)
-        .and_then(|mut f| f.write_all(content.as_bytes()));
-    if let Err(e) = written.and_then(|_| fs::rename(&tmp, path)) {
-        let _ = fs::remove_file(&tmp);
-        return Err(io("writing", path, e));
-    }
-    Ok(())
-}
-
 impl Store {
     /// Open (creating it) the network's directory and take its lock.
     pub fn open(data_dir: &Path, network: &str) -> Result<Store> {
@@ -112,18 +68,8 @@ impl Store {
     }
 
     fn lock(dir: PathBuf) -> Result<Store> {
-        let path = dir.join("lock");
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(FILE_MODE)
-            .custom_flags(nix::libc::O_NOFOLLOW)
-            .open(&path)
-            .map_err(|e| io("opening", &path, e))?;
-        file.lock().map_err(|e| io("locking", &path, e))?;
-        Ok(Store { dir, _lock: file })
+        let lock = lock_dir(&dir)?;
+        Ok(Store { dir, _lock: lock })
     }
 
     /// Every address file in the store. Unreadable files are skipped, as the reference does.
