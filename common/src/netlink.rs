@@ -24,6 +24,7 @@ use std::os::fd::AsRawFd;
 const ENOENT: i32 = 2;
 const ESRCH: i32 = 3;
 const ENODEV: i32 = 19;
+const EEXIST: i32 = 17;
 const EADDRNOTAVAIL: i32 = 99;
 /// Dumps interrupted by a concurrent change (NLM_F_DUMP_INTR) are retried this often.
 const DUMP_TRIES: usize = 5;
@@ -362,6 +363,31 @@ impl RouteSpec {
     }
 }
 
+/// Add `route` marked with `protocol` (whose routes are ours), unless a route with its key (table, destination,
+/// metric) exists: `Ok(false)` then, and the route there, maybe someone else's, is used as it is.
+pub async fn add_own_route(handle: &Handle, route: &RouteSpec, protocol: u8) -> Result<bool> {
+    let mut msg = route.to_message()?;
+    msg.header.protocol = RouteProtocol::from(protocol);
+    log::debug!("adding route {} (protocol {protocol})", describe_route(route));
+    match handle.route().add(msg).execute().await {
+        Ok(()) => Ok(true),
+        Err(e) if errno(&e) == Some(EEXIST) => Ok(false),
+        Err(e) => Err(nl_err(format!("adding route {}", describe_route(route)))(e)),
+    }
+}
+
+/// Delete `route` only if it carries `protocol`: `Ok(false)` when there is no such route of ours.
+pub async fn delete_own_route(handle: &Handle, route: &RouteSpec, protocol: u8) -> Result<bool> {
+    let mut msg = route.to_message()?;
+    msg.header.protocol = RouteProtocol::from(protocol);
+    log::debug!("deleting route {} (protocol {protocol})", describe_route(route));
+    match handle.route().del(msg).execute().await {
+        Ok(()) => Ok(true),
+        Err(e) if is_gone(&e) => Ok(false),
+        Err(e) => Err(nl_err(format!("deleting route {}", describe_route(route)))(e)),
+    }
+}
+
 pub async fn add_route(handle: &Handle, route: &RouteSpec) -> Result<()> {
     let msg = route.to_message()?;
     log::debug!("adding route {}", describe_route(route));
@@ -445,32 +471,34 @@ pub async fn default_route_source_v4(handle: &Handle) -> Result<Option<Ipv4Addr>
     Ok(None)
 }
 
-/// A policy rule: traffic from `src` (and/or to `dst`) looks up `table`.
+/// A policy rule: traffic from `src`, to `dst` and/or with `fwmark` looks up `table`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RuleSpec {
     pub src: Option<IpNetwork>,
     pub dst: Option<IpNetwork>,
+    /// `fwmark value/mask`
+    pub fwmark: Option<(u32, u32)>,
+    /// The family of a rule with neither address (a fwmark rule).
+    pub ipv6: bool,
     pub table: u32,
     pub priority: u32,
+    /// Who made the rule: ours carry our own value, so a rule someone else made with the same selector is
+    /// never taken for ours (the kernel matches it on delete).
+    pub protocol: Option<u8>,
 }
 
 impl RuleSpec {
+    /// `from`/`to` the address `ip` (a host prefix) lookup `table`.
+    pub fn for_address(ip: IpAddr, from: bool, table: u32, priority: u32, protocol: u8) -> RuleSpec {
+        let host = IpNetwork::from(ip);
+        let (src, dst) = if from { (Some(host), None) } else { (None, Some(host)) };
+        RuleSpec { src, dst, fwmark: None, ipv6: ip.is_ipv6(), table, priority, protocol: Some(protocol) }
+    }
+
     fn to_message(&self) -> Result<RuleMessage> {
-        let family_of = |n: &IpNetwork| {
-            if n.is_ipv4() {
-                AddressFamily::Inet
-            } else {
-                AddressFamily::Inet6
-            }
-        };
-        let family = self
-            .src
-            .as_ref()
-            .or(self.dst.as_ref())
-            .map(family_of)
-            .ok_or_else(|| CniError::InvalidConfig("a rule needs a source or a destination".into()))?;
+        let v6 = self.src.as_ref().or(self.dst.as_ref()).map_or(self.ipv6, |n| n.is_ipv6());
         let mut m = RuleMessage::default();
-        m.header.family = family;
+        m.header.family = if v6 { AddressFamily::Inet6 } else { AddressFamily::Inet };
         // The kernel does not default the action: without FR_ACT_TO_TBL a rule matches and does nothing.
         m.header.action = RuleAction::ToTable;
         m.header.table = if self.table < 256 { self.table as u8 } else { 0 };
@@ -484,18 +512,36 @@ impl RuleSpec {
             m.header.dst_len = dst.prefix();
             m.attributes.push(RuleAttribute::Destination(dst.ip()));
         }
+        if let Some((mark, mask)) = self.fwmark {
+            m.attributes.push(RuleAttribute::FwMark(mark));
+            m.attributes.push(RuleAttribute::FwMask(mask));
+        }
+        if let Some(p) = self.protocol {
+            m.attributes.push(RuleAttribute::Protocol(RouteProtocol::from(p)));
+        }
         Ok(m)
     }
 }
 
 pub async fn add_rule(handle: &Handle, rule: &RuleSpec) -> Result<()> {
+    add_rule_if_absent(handle, rule).await.and_then(|added| {
+        added.then_some(()).ok_or_else(|| CniError::netlink(format!("adding rule {rule:?}"), "File exists"))
+    })
+}
+
+/// Add a rule unless the kernel has one with its selector, priority and table: `Ok(false)` then.
+pub async fn add_rule_if_absent(handle: &Handle, rule: &RuleSpec) -> Result<bool> {
     let mut req = handle.rule().add();
     *req.message_mut() = rule.to_message()?;
     log::debug!("adding rule {rule:?}");
-    req.execute().await.map_err(nl_err(format!("adding rule {rule:?}")))
+    match req.execute().await {
+        Ok(()) => Ok(true),
+        Err(e) if errno(&e) == Some(EEXIST) => Ok(false),
+        Err(e) => Err(nl_err(format!("adding rule {rule:?}"))(e)),
+    }
 }
 
-/// Delete a rule; `Ok(false)` if there was none.
+/// Delete a rule (with `protocol`, only one that carries it); `Ok(false)` if there was none.
 pub async fn delete_rule(handle: &Handle, rule: &RuleSpec) -> Result<bool> {
     log::debug!("deleting rule {rule:?}");
     match handle.rule().del(rule.to_message()?).execute().await {
@@ -503,6 +549,47 @@ pub async fn delete_rule(handle: &Handle, rule: &RuleSpec) -> Result<bool> {
         Err(e) if is_gone(&e) => Ok(false),
         Err(e) => Err(nl_err(format!("deleting rule {rule:?}"))(e)),
     }
+}
+
+/// The `lookup <table>` rules of one family (other actions are left out).
+pub async fn rules(handle: &Handle, ipv6: bool) -> Result<Vec<RuleSpec>> {
+    let mut req = RuleMessage::default();
+    req.header.family = if ipv6 { AddressFamily::Inet6 } else { AddressFamily::Inet };
+    let msgs = dump(handle, RouteNetlinkMessage::GetRule(req)).await?;
+    let mut out = Vec::new();
+    for m in msgs {
+        let RouteNetlinkMessage::NewRule(r) = m else {
+            continue;
+        };
+        if r.header.action != RuleAction::ToTable {
+            continue;
+        }
+        let mut rule = RuleSpec {
+            src: None,
+            dst: None,
+            fwmark: None,
+            ipv6,
+            table: u32::from(r.header.table),
+            priority: 0,
+            protocol: None,
+        };
+        let (mut mark, mut mask) = (None, None);
+        for attr in &r.attributes {
+            match attr {
+                RuleAttribute::Source(ip) => rule.src = IpNetwork::new(*ip, r.header.src_len).ok(),
+                RuleAttribute::Destination(ip) => rule.dst = IpNetwork::new(*ip, r.header.dst_len).ok(),
+                RuleAttribute::Table(t) => rule.table = *t,
+                RuleAttribute::Priority(p) => rule.priority = *p,
+                RuleAttribute::FwMark(v) => mark = Some(*v),
+                RuleAttribute::FwMask(v) => mask = Some(*v),
+                RuleAttribute::Protocol(p) => rule.protocol = Some(u8::from(*p)),
+                _ => {}
+            }
+        }
+        rule.fwmark = mark.map(|m| (m, mask.unwrap_or(u32::MAX)));
+        out.push(rule);
+    }
+    Ok(out)
 }
 
 /// A permanent neighbour entry (ARP/NDP answered by us, never expiring), replacing any existing one.

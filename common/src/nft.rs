@@ -46,6 +46,22 @@ const NFPROTO_IPV6: u8 = 10;
 pub const SET_SIZE: u32 = 65536;
 /// The `srcnat` priority of a nat postrouting chain.
 pub const PRIORITY_SRCNAT: i32 = 100;
+/// The `mangle` priority: a prerouting chain there runs before any DNAT (kube-proxy's at `dstnat`, -100).
+pub const PRIORITY_MANGLE: i32 = -150;
+const NFTA_CT_DREG: u16 = 1;
+const NFTA_CT_KEY: u16 = 2;
+const NFTA_CT_SREG: u16 = 4;
+const NFT_CT_MARK: u32 = 3;
+const NFTA_FIB_DREG: u16 = 1;
+const NFTA_FIB_RESULT: u16 = 2;
+const NFTA_FIB_FLAGS: u16 = 3;
+const NFT_FIB_RESULT_ADDRTYPE: u32 = 3;
+const NFTA_FIB_F_DADDR: u32 = 1 << 1;
+const NFTA_FIB_F_IIF: u32 = 1 << 3;
+/// The route type of an address of this host (RTN_LOCAL).
+const RTN_LOCAL: u32 = 2;
+/// Interface names are compared as the kernel stores them: IFNAMSIZ bytes, zero-padded.
+const IFNAMSIZ: usize = 16;
 
 /// User data holding a comment, in the format `nft` reads and writes.
 pub fn comment(text: &str) -> Vec<u8> {
@@ -145,6 +161,65 @@ impl Rule {
     pub fn family(self, v6: bool) -> Self {
         let proto = if v6 { NFPROTO_IPV6 } else { NFPROTO_IPV4 };
         self.load_meta(MetaKey::Nfproto).cmp(Operator::Equal, vec![proto])
+    }
+
+    /// `iifname "name"` (or `!=`).
+    pub fn iifname(self, name: &str, equal: bool) -> Self {
+        let mut padded = name.as_bytes().to_vec();
+        padded.resize(IFNAMSIZ, 0);
+        let op = if equal { Operator::Equal } else { Operator::NotEqual };
+        self.load_meta(MetaKey::Iifname).cmp(op, padded)
+    }
+
+    /// `fib daddr . iif type local`: the packet is addressed to an address of the interface it came in on.
+    pub fn to_local_address_of_iif(self) -> Self {
+        self.push(Expressions::Other {
+            expression_type: "fib".into(),
+            attributes: vec![
+                be32_nla(NFTA_FIB_DREG, NFT_REG_1),
+                be32_nla(NFTA_FIB_RESULT, NFT_FIB_RESULT_ADDRTYPE),
+                be32_nla(NFTA_FIB_FLAGS, NFTA_FIB_F_DADDR | NFTA_FIB_F_IIF),
+            ],
+        })
+        .cmp(Operator::Equal, RTN_LOCAL.to_ne_bytes().to_vec())
+    }
+
+    fn load_ct_mark(self) -> Self {
+        self.push(Expressions::Other {
+            expression_type: "ct".into(),
+            attributes: vec![be32_nla(NFTA_CT_DREG, NFT_REG_1), be32_nla(NFTA_CT_KEY, NFT_CT_MARK)],
+        })
+    }
+
+    /// register 1 = (register 1 & mask) ^ xor, on a 32-bit mark.
+    fn mark_bitwise(self, mask: u32, xor: u32) -> Self {
+        self.push(Expressions::Bitwise(vec![
+            Bitwise::SourceRegister(Register::Reg1),
+            Bitwise::DestinationRegister(Register::Reg1),
+            Bitwise::Length(4),
+            Bitwise::Mask(DataAttribute::Value(mask.to_ne_bytes().to_vec())),
+            Bitwise::Xor(DataAttribute::Value(xor.to_ne_bytes().to_vec())),
+        ]))
+    }
+
+    /// `ct mark set ct mark | bits`: the other bits of the connection's mark stay as they are.
+    pub fn ct_mark_add_bits(self, bits: u32) -> Self {
+        self.load_ct_mark().mark_bitwise(!bits, bits).push(Expressions::Other {
+            expression_type: "ct".into(),
+            attributes: vec![be32_nla(NFTA_CT_KEY, NFT_CT_MARK), be32_nla(NFTA_CT_SREG, NFT_REG_1)],
+        })
+    }
+
+    /// `ct mark & bits != 0`
+    pub fn ct_mark_has_bits(self, bits: u32) -> Self {
+        self.load_ct_mark().mark_bitwise(bits, 0).cmp(Operator::NotEqual, 0u32.to_ne_bytes().to_vec())
+    }
+
+    /// `meta mark set meta mark | bits`: the packet's other mark bits (kube-proxy's, Calico's) stay.
+    pub fn meta_mark_add_bits(self, bits: u32) -> Self {
+        self.load_meta(MetaKey::Mark)
+            .mark_bitwise(!bits, bits)
+            .push(Expressions::Meta(vec![Meta::Key(MetaKey::Mark), Meta::SourceRegister(Register::Reg1)]))
     }
 
     /// Load the source (or destination) address of the family into register 1.
@@ -300,6 +375,27 @@ impl Batch {
             ChainAttribute::Type("nat".into()),
         ];
         self.push(NfTablesMessage::NewChain(ChainMessage { attributes: attrs }), NLM_F_CREATE)
+    }
+
+    /// Create a filter chain hooked at prerouting with `priority` unless it exists.
+    pub fn add_filter_prerouting_chain(&mut self, table: &str, chain: &str, priority: i32) -> &mut Self {
+        let attrs = vec![
+            ChainAttribute::Table(table.into()),
+            ChainAttribute::Name(chain.into()),
+            ChainAttribute::Hook(vec![
+                Hook::Number(InetHookNumber::PreRouting.into()),
+                Hook::Priority(priority as u32),
+            ]),
+            ChainAttribute::Policy(1), // accept
+            ChainAttribute::Type("filter".into()),
+        ];
+        self.push(NfTablesMessage::NewChain(ChainMessage { attributes: attrs }), NLM_F_CREATE)
+    }
+
+    /// Delete the table with everything in it.
+    pub fn delete_table(&mut self, table: &str) -> &mut Self {
+        let attrs = vec![TableAttribute::Name(table.into())];
+        self.push(NfTablesMessage::DeleteTable(TableMessage { attributes: attrs }), 0)
     }
 
     /// Create a regular chain (a jump target) unless it exists.

@@ -10,7 +10,15 @@ fn policy_rule_looks_up_its_table_and_deletes_idempotently() {
     let ns = Netns::new();
     let rtnl = Rtnl::new().unwrap();
     let h = rtnl.connect_in(&NsHandle::open(ns.path()).unwrap()).unwrap();
-    let rule = RuleSpec { src: Some(parse_cidr("10.50.0.0/16").unwrap()), dst: None, table: 1000, priority: 900 };
+    let rule = RuleSpec {
+        src: Some(parse_cidr("10.50.0.0/16").unwrap()),
+        dst: None,
+        fwmark: None,
+        ipv6: false,
+        table: 1000,
+        priority: 900,
+        protocol: None,
+    };
     rtnl.block_on(netlink::add_rule(&h, &rule)).unwrap();
     let rules = ns.ip_json(&["-4", "rule", "show"]);
     let ours = rules.as_array().unwrap().iter().find(|r| r["priority"] == 900).expect("rule added");
