@@ -15,6 +15,7 @@ pub mod netlink;
 pub mod netns;
 pub mod nft;
 pub mod p2p;
+pub mod policy_route;
 pub mod plugin;
 pub mod sysctl;
 pub mod types;

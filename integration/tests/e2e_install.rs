@@ -12,7 +12,7 @@ use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-const PLUGINS: [&str; 5] = ["egress-v4", "host-local", "linkgroup", "masquerade", "ptp"];
+const PLUGINS: [&str; 6] = ["egress-v4", "host-local", "linkgroup", "masquerade", "policy-route", "ptp"];
 
 fn image() -> String {
     format!("localhost/cni-chain:v{}", env!("CARGO_PKG_VERSION"))

@@ -263,7 +263,7 @@ fn linkgroup_after_a_bridge_groups_the_bridge_and_egress_is_masqueraded() {
     assert!(reservations(stores.path()).is_empty());
 }
 
-const OURS: [&str; 5] = ["ptp", "host-local", "linkgroup", "masquerade", "egress-v4"];
+const OURS: [&str; 6] = ["ptp", "host-local", "linkgroup", "masquerade", "egress-v4", "policy-route"];
 
 /// Point 6: run by hand, every binary says what it is and how it is meant to be run.
 #[test]
