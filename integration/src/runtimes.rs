@@ -173,3 +173,24 @@ pub fn cni_dirs(jail: &Jail, conflist: &str) -> (PathBuf, PathBuf) {
     copy_shipped_conflist(conflist, &conf);
     (bin, conf)
 }
+
+/// The node `conflists/50-cni-chain-policy-route.conflist` expects, with its two uplinks: eth0 (192.0.2.1, the
+/// main table's default route) to an outside host 1 (192.0.2.2), and eth1 (198.51.100.10, 2001:db8:51::10) to
+/// an outside host 2 (the gateways 198.51.100.1 and 2001:db8:51::1), which alone routes the pods' ranges back
+/// and holds 203.0.113.9 and 2001:db8:99::9 beyond it. Returns (node, outside host 1, outside host 2).
+pub fn node_with_two_uplinks() -> (Netns, Netns, Netns) {
+    let (node, outside1, outside2) = (Netns::new(), Netns::new(), Netns::new());
+    node.link_to(&outside1, "eth0", &[("192.0.2.1/24", "192.0.2.2/24")], None);
+    node.link_to(
+        &outside2,
+        "eth1",
+        &[("198.51.100.10/24", "198.51.100.1/24"), ("2001:db8:51::10/64", "2001:db8:51::1/64")],
+        None,
+    );
+    node.ip(&["route", "add", "default", "via", "192.0.2.2"]);
+    outside2.ip(&["addr", "add", "203.0.113.9/32", "dev", "lo"]);
+    outside2.ip(&["addr", "add", "2001:db8:99::9/128", "dev", "lo"]);
+    outside2.ip(&["route", "add", "10.92.0.0/24", "via", "198.51.100.10"]);
+    outside2.ip(&["-6", "route", "add", "fd92::/64", "via", "2001:db8:51::10"]);
+    (node, outside1, outside2)
+}

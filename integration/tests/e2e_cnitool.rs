@@ -3,7 +3,7 @@
 //! and a private mount namespace whose /var/lib is the test's directory, so its result cache and host-local's
 //! default store never touch the machine's /var/lib/cni. cnitool 1.1.2 has no GC or STATUS.
 
-use integration::runtimes::{copy_shipped_conflist, node_with_uplink};
+use integration::runtimes::{copy_shipped_conflist, node_with_two_uplinks, node_with_uplink};
 use integration::{cni_path, Chain, Netns, TempDir};
 use serde_json::{json, Value};
 use std::net::IpAddr;
@@ -165,5 +165,31 @@ fn gc_and_status_on_the_chain_cnitool_made_as_libcni_1_2_runs_them() {
     s.ok("del", net, &kept_pod, None);
     s.ok("del", net, &forgotten, None);
     assert_eq!(s.pod_veths(), Vec::<String>::new());
+    assert_eq!(s.reservations(net), Vec::<String>::new());
+}
+
+#[test]
+fn cnitool_routes_a_pod_through_the_secondary_uplink_with_policy_route() {
+    let (node, _outside1, outside2) = node_with_two_uplinks();
+    let conf_dir = TempDir::new("cnitool-conf");
+    copy_shipped_conflist("50-cni-chain-policy-route.conflist", conf_dir.path());
+    let s = Site { node, outside: outside2, conf_dir, var_lib: TempDir::new("cnitool-varlib") };
+    let net = "cni-chain-policy-route";
+    let pod = Netns::new();
+    let result: Value = serde_json::from_str(&s.ok("add", net, &pod, None)).unwrap();
+    let address = |i: usize| result["ips"][i]["address"].as_str().unwrap().split('/').next().unwrap().to_string();
+    let (v4, v6) = (address(0), address(1));
+    assert_eq!(s.outside.peer_of(&pod, "203.0.113.9"), Some(ip(&v4)), "beyond outside host 2, with its own address");
+    assert_eq!(s.outside.peer_of(&pod, "2001:db8:99::9"), Some(ip(&v6)));
+    s.ok("check", net, &pod, None);
+
+    s.ok("del", net, &pod, None);
+    for family in ["-4", "-6"] {
+        let rules = s.node.ip(&[family, "rule"]);
+        assert!(!rules.contains("proto 77"), "{rules}");
+    }
+    assert!(!s.node.has_nft_table("cni_chain_policy_route"));
+    let records = s.var_lib.path().join("cni/cni-chain/policy-route/attachments").join(net);
+    assert_eq!(integration::file_names(&records), Vec::<String>::new());
     assert_eq!(s.reservations(net), Vec::<String>::new());
 }

@@ -2,7 +2,9 @@
 //! the test's node netns and a private mount namespace (see `integration::runtimes`), with a private
 //! containers.conf, storage and run directory: the machine's own Podman state is never touched.
 
-use integration::runtimes::{cni_dirs, node_with_uplink, podman, podman_conf, podman_import_busybox, stdout_of, Jail};
+use integration::runtimes::{
+    cni_dirs, node_with_two_uplinks, node_with_uplink, podman, podman_conf, podman_import_busybox, stdout_of, Jail,
+};
 use integration::{file_names, reservations_in, Netns};
 use std::net::IpAddr;
 use std::process::Command;
@@ -11,16 +13,23 @@ struct Podman {
     jail: Jail,
     node: Netns,
     outside: Netns,
+    /// Namespaces the node's other links lead to, kept as long as the node.
+    _elsewhere: Vec<Netns>,
 }
 
 impl Podman {
     /// Podman with the shipped `conflist`, on a node with an uplink to an outside host.
     fn new(conflist: &str) -> Podman {
         let (node, outside) = node_with_uplink();
+        Podman::on(conflist, node, outside, vec![])
+    }
+
+    /// Podman with the shipped `conflist` on `node`, whose traffic under test goes to `outside`.
+    fn on(conflist: &str, node: Netns, outside: Netns, elsewhere: Vec<Netns>) -> Podman {
         let jail = Jail::new("podman");
         let (bin, conf) = cni_dirs(&jail, conflist);
         podman_conf(&jail, Some((&bin, &conf)));
-        let podman = Podman { jail, node, outside };
+        let podman = Podman { jail, node, outside, _elsewhere: elsewhere };
         let changes = [r#"CMD ["/bin/sh"]"#, "ENV PATH=/bin"];
         podman_import_busybox(&podman.jail, &podman.node, &changes, "local/busybox");
         podman
@@ -66,7 +75,8 @@ impl Podman {
     }
 
     fn pod_veths(&self) -> Vec<String> {
-        self.node.veths().into_iter().filter(|v| v != "uplink").collect()
+        // Every veth but the node's uplinks.
+        self.node.veths().into_iter().filter(|v| !["uplink", "eth0", "eth1"].contains(&v.as_str())).collect()
     }
 
     /// host-local's reservations under the private /var/lib.
@@ -131,4 +141,28 @@ fn podman_ipv6_container_with_egress_v4() {
     assert!(!p.node.nft(&["list", "tables"]).contains("cni_chain"), "the last pod took the table with it");
     assert_eq!(p.reservations("cni/networks/cni-chain-v6"), Vec::<String>::new());
     assert_eq!(p.reservations("cni/egress-v4/cni-chain-v6"), Vec::<String>::new());
+}
+
+#[test]
+fn podman_container_leaves_through_the_secondary_uplink_with_policy_route() {
+    let (node, outside1, outside2) = node_with_two_uplinks();
+    let p = Podman::on("50-cni-chain-policy-route.conflist", node, outside2, vec![outside1]);
+    let net = "cni-chain-policy-route";
+    p.start("pr", net);
+    let (v4, v6) = (p.address("pr", net, false), p.address("pr", net, true));
+    assert_eq!(p.seen_outside("pr", "203.0.113.9"), Some(ip(&v4)), "beyond outside host 2, with its own address");
+    assert_eq!(p.seen_outside("pr", "2001:db8:99::9"), Some(ip(&v6)));
+    let rules = p.node.ip(&["rule"]);
+    assert!(rules.contains(&format!("1536:\tfrom {v4} lookup 101 proto 77")), "{rules}");
+
+    p.ok(&["rm", "--force", "--time", "0", "pr"]);
+    assert_eq!(p.pod_veths(), Vec::<String>::new());
+    for family in ["-4", "-6"] {
+        let rules = p.node.ip(&[family, "rule"]);
+        assert!(!rules.contains("proto 77"), "{rules}");
+    }
+    assert!(!p.node.has_nft_table("cni_chain_policy_route"));
+    let records = p.jail.var_lib("cni/cni-chain/policy-route/attachments/cni-chain-policy-route");
+    assert_eq!(file_names(&records), Vec::<String>::new());
+    assert_eq!(p.reservations("cni/networks/cni-chain-policy-route"), Vec::<String>::new());
 }
