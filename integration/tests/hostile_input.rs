@@ -18,7 +18,10 @@ struct Live {
 
 impl Live {
     fn new(node: &Netns, store: &Path, conflist: &str, id: &'static str) -> Live {
-        let chain = Chain::shipped_in(conflist, store);
+        Live::with(node, Chain::shipped_in(conflist, store), id)
+    }
+
+    fn with(node: &Netns, chain: Chain, id: &'static str) -> Live {
         let pod = Netns::new();
         let result = chain.add(node, id, pod.path());
         Live { chain, id, pod, result }
@@ -215,11 +218,24 @@ fn bad_input_to_every_plugin_and_verb_gets_its_code_and_changes_nothing() {
 
     let masq = Live::new(&node, stores.path(), "20-cni-chain-masquerade.conflist", "live-masq");
     let v6 = Live::new(&node, stores.path(), "30-cni-chain-egress-v4.conflist", "live-v6");
-    let attachments = [(masq.id, "eth0"), (v6.id, "eth0")];
+    // The policy-route conflist, pointed at this node's one uplink and at a store of the test's.
+    let mut policy = Chain::shipped_in("50-cni-chain-policy-route.conflist", stores.path());
+    for (key, value) in [
+        ("uplink", json!("uplink")),
+        ("gateway", json!("192.0.2.2")),
+        ("gateway6", json!("2001:db8::2")),
+        ("primary.interface", json!("uplink")),
+        ("dataDir", json!(stores.path().join("policy-route"))),
+    ] {
+        policy.overrides.push((1, key.into(), value));
+    }
+    let routed = Live::with(&node, policy, "live-routed");
+    let attachments = [(masq.id, "eth0"), (v6.id, "eth0"), (routed.id, "eth0")];
     let snapshot = || {
-        [node.state(), masq.pod.state(), v6.pod.state(), tree_state(stores.path()), tree_state(junk.path())].join("\n")
+        let pods = [masq.pod.state(), v6.pod.state(), routed.pod.state()].join("\n");
+        [node.state(), pods, tree_state(stores.path()), tree_state(junk.path())].join("\n")
     };
-    for ns in [&node, &masq.pod, &v6.pod] {
+    for ns in [&node, &masq.pod, &v6.pod, &routed.pod] {
         ns.settled_state();
     }
     let before = snapshot();
@@ -231,6 +247,7 @@ fn bad_input_to_every_plugin_and_verb_gets_its_code_and_changes_nothing() {
         ("linkgroup", false, &masq, 1),
         ("masquerade", false, &masq, 2),
         ("egress-v4", true, &v6, 1),
+        ("policy-route", false, &routed, 1),
     ];
     let mut calls = 0;
     for (plugin, uses_ipam, live, index) in targets {
@@ -287,10 +304,11 @@ fn bad_input_to_every_plugin_and_verb_gets_its_code_and_changes_nothing() {
     assert!(calls > 250, "only {calls} bad calls ran");
 
     // The live attachments still work, and leave nothing when deleted.
-    for live in [&masq, &v6] {
+    for live in [&masq, &v6, &routed] {
         assert!(live.chain.check(&node, live.id, live.pod.path(), &live.result).iter().all(|r| r.success));
         live.chain.del(&node, live.id, live.pod.path(), Some(&live.result));
     }
     assert_eq!(node.veths(), ["uplink", "foreign1", "foreign0"], "only the test's own veths are left");
+    assert!(!node.ip(&["rule"]).contains("proto 77") && !node.has_nft_table("cni_chain_policy_route"));
     assert!(integration::reservations_in(&stores.path().join("live-masq-0/cni-chain-masq")).is_empty());
 }
