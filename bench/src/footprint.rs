@@ -2,14 +2,14 @@
 
 use crate::exec;
 use crate::pod::PodNetns;
-use crate::setups::Chain;
+use crate::setups::{Chain, Subject};
 use integration::{bin_dir, Netns, TempDir, REFERENCE_DIR};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-pub const OURS: [&str; 5] = ["ptp", "host-local", "linkgroup", "masquerade", "egress-v4"];
+pub const OURS: [&str; 6] = ["ptp", "host-local", "linkgroup", "masquerade", "egress-v4", "policy-route"];
 pub const REFERENCE: [&str; 3] = ["ptp", "host-local", "portmap"];
 
 /// Size in bytes of `binary` after `strip` (Debian's reference binaries are shipped stripped).
@@ -33,9 +33,10 @@ pub fn peak_rss(chains: &[&Chain]) -> BTreeMap<String, u64> {
     let node = Netns::new();
     let mut out: BTreeMap<String, u64> = BTreeMap::new();
     for chain in chains {
-        let pod = PodNetns::new();
-        let (_, added) = chain.add_with(&node, "rss", &pod, true);
-        chain.del_with(&node, "rss", &pod, &added, true);
+        let (chain_node, pod) = (Netns::new(), PodNetns::new());
+        chain.prepare(&chain_node);
+        let (_, added) = chain.add_with(&chain_node, "rss", &pod, true);
+        chain.del_with(&chain_node, "rss", &pod, &added, true);
         for (name, kib) in chain.rss.lock().unwrap().iter() {
             let peak = out.entry(name.clone()).or_default();
             *peak = (*peak).max(*kib);

@@ -13,6 +13,9 @@ pub struct Latency {
 
 pub fn run(subjects: &[&dyn Subject], samples: usize, warmup: usize) -> Vec<Latency> {
     let nodes: Vec<Netns> = subjects.iter().map(|_| Netns::new()).collect();
+    for (subject, node) in subjects.iter().zip(&nodes) {
+        subject.prepare(node);
+    }
     let mut out: Vec<Latency> =
         subjects.iter().map(|_| Latency { add: Samples::default(), del: Samples::default() }).collect();
     for i in 0..warmup + samples {

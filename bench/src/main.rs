@@ -45,15 +45,34 @@ fn main() {
     let (ours_ptp, ours_chain) = (Chain::ours_ptp(), Chain::ours_chain());
     let (ref_masq, ref_plain) = (Chain::reference_ptp(true), Chain::reference_ptp(false));
     let (ours_portmap, ref_portmap) = (Chain::ours_with_portmap(), Chain::reference_with_portmap());
-    let chains = [&ours_ptp, &ours_chain, &ref_masq, &ref_plain, &ours_portmap, &ref_portmap];
+    let ours_policy_route = Chain::ours_policy_route();
+    let chains = [&ours_ptp, &ours_chain, &ref_masq, &ref_plain, &ours_portmap, &ref_portmap, &ours_policy_route];
     // Measured first, while this process is small: see exec.rs.
     let rss = footprint::peak_rss(&chains);
 
     let floor = Floor::default();
-    let subjects: Vec<&dyn Subject> =
-        vec![&ours_ptp, &ours_chain, &ref_masq, &ref_plain, &ours_portmap, &ref_portmap, &floor, &ForkExec];
-    let keys =
-        ["ours_ptp", "ours_chain", "ref_ptp_masq", "ref_ptp", "ours_portmap", "ref_portmap", "floor", "fork_exec"];
+    let subjects: Vec<&dyn Subject> = vec![
+        &ours_ptp,
+        &ours_chain,
+        &ref_masq,
+        &ref_plain,
+        &ours_portmap,
+        &ref_portmap,
+        &ours_policy_route,
+        &floor,
+        &ForkExec,
+    ];
+    let keys = [
+        "ours_ptp",
+        "ours_chain",
+        "ref_ptp_masq",
+        "ref_ptp",
+        "ours_portmap",
+        "ref_portmap",
+        "ours_policy_route",
+        "floor",
+        "fork_exec",
+    ];
     eprintln!("latency: {} samples of {} subjects, interleaved", opts.samples, subjects.len());
     let latency = latency::run(&subjects, opts.samples, 3);
     let mut calls = std::collections::BTreeMap::new();

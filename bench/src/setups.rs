@@ -22,6 +22,8 @@ pub struct Chain {
     pub rss: Mutex<BTreeMap<String, u64>>,
     /// Each call's time per binary and verb, as "ours ptp DEL".
     pub calls: Mutex<BTreeMap<String, Samples>>,
+    /// What the chain needs on its node first (links its config names).
+    prepare: fn(&Netns),
 }
 
 /// What a measured ADD leaves for its DEL.
@@ -33,6 +35,8 @@ pub enum Added {
 /// Something with an ADD and a DEL to time, on a node, for one pod.
 pub trait Subject: Sync {
     fn label(&self) -> &str;
+    /// Set up what the subject needs on a fresh node (once per node).
+    fn prepare(&self, _node: &Netns) {}
     fn add(&self, node: &Netns, id: &str, pod: &PodNetns) -> (Duration, Added);
     fn del(&self, node: &Netns, id: &str, pod: &PodNetns, added: &Added) -> Duration;
 }
@@ -73,7 +77,16 @@ impl Chain {
     ) -> Chain {
         let cni_path =
             if reference_only { REFERENCE_DIR.to_string() } else { format!("{}:{REFERENCE_DIR}", bin_dir().display()) };
-        Chain { key, label, cni_path, plugins, _data: data, rss: Mutex::default(), calls: Mutex::default() }
+        Chain {
+            key,
+            label,
+            cni_path,
+            plugins,
+            _data: data,
+            rss: Mutex::default(),
+            calls: Mutex::default(),
+            prepare: |_| {},
+        }
     }
 
     pub fn ours_ptp() -> Chain {
@@ -90,6 +103,23 @@ impl Chain {
             (ours("masquerade"), json!({"type": "masquerade", "mode": "group", "podGroup": 8, "excludeGroups": [9]})),
         ];
         Chain::new("ours_chain", "ours: ptp + linkgroup + masquerade + host-local", false, plugins, data)
+    }
+
+    /// ptp then policy-route with a secondary uplink and NodePort support, on a node with both uplinks.
+    pub fn ours_policy_route() -> Chain {
+        let data = TempDir::new("bench");
+        let policy = json!({"type": "policy-route", "table": 101, "uplink": "eth1", "gateway": "198.51.100.1",
+            "primary": {"interface": "eth0", "mark": "0x80"}, "dataDir": data.path().join("records")});
+        let plugins = vec![(ours("ptp"), ptp(false, &data)), (ours("policy-route"), policy)];
+        let mut chain = Chain::new("ours_policy_route", "ours: ptp + policy-route + host-local", false, plugins, data);
+        chain.prepare = |node| {
+            for (link, addr) in [("eth0", "192.0.2.1/24"), ("eth1", "198.51.100.10/24")] {
+                node.ip(&["link", "add", link, "type", "veth", "peer", "name", &format!("{link}p")]);
+                node.ip(&["addr", "add", addr, "dev", link]);
+                node.ip(&["link", "set", link, "up"]);
+            }
+        };
+        chain
     }
 
     pub fn reference_ptp(ip_masq: bool) -> Chain {
@@ -181,6 +211,10 @@ impl Chain {
 impl Subject for Chain {
     fn label(&self) -> &str {
         self.label
+    }
+
+    fn prepare(&self, node: &Netns) {
+        (self.prepare)(node)
     }
 
     fn add(&self, node: &Netns, id: &str, pod: &PodNetns) -> (Duration, Added) {
