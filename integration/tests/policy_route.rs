@@ -3,6 +3,7 @@
 //! uses. Pods get addresses only outside host 2 routes back. Real TCP shows which way traffic goes; `ip rule`,
 //! `ip route`, nft and sysctl show what is left.
 
+use integration::runtimes::node_with_two_uplinks;
 use integration::{concurrently, Call, Chain, Netns, TempDir};
 use serde_json::{json, Value};
 use std::net::IpAddr;
@@ -21,40 +22,22 @@ struct Site {
 }
 
 impl Site {
+    /// The node the shipped policy-route conflist expects (`runtimes::node_with_two_uplinks`).
     fn new() -> Site {
-        let (node, outside1, outside2) = (Netns::new(), Netns::new(), Netns::new());
-        node.link_to(
-            &outside1,
-            "eth0",
-            &[("192.0.2.1/24", "192.0.2.2/24"), ("2001:db8:1::1/64", "2001:db8:1::2/64")],
-            None,
-        );
-        node.link_to(
-            &outside2,
-            "eth1",
-            &[("198.51.100.1/24", "198.51.100.2/24"), ("2001:db8:2::1/64", "2001:db8:2::2/64")],
-            None,
-        );
-        node.ip(&["route", "add", "default", "via", "192.0.2.2"]);
-        node.ip(&["-6", "route", "add", "default", "via", "2001:db8:1::2"]);
-        outside2.ip(&["addr", "add", &format!("{BEYOND_V4}/32"), "dev", "lo"]);
-        outside2.ip(&["addr", "add", &format!("{BEYOND_V6}/128"), "dev", "lo"]);
-        // Only outside host 2 routes the pods back.
-        outside2.ip(&["route", "add", "10.77.0.0/24", "via", "198.51.100.1"]);
-        outside2.ip(&["-6", "route", "add", "fd77::/64", "via", "2001:db8:2::1"]);
+        let (node, outside1, outside2) = node_with_two_uplinks();
         Site { node, outside1, outside2, data: TempDir::new("policy-route") }
     }
 
     /// ptp (dual stack) then policy-route with `policy` (merged over table 101 via eth1, both gateways).
     fn chain(&self, policy: Value) -> Chain {
-        let mut route = json!({"type": "policy-route", "table": 101, "uplink": "eth1", "gateway": "198.51.100.2",
-            "gateway6": "2001:db8:2::2", "dataDir": self.data.path().join("records")});
+        let mut route = json!({"type": "policy-route", "table": 101, "uplink": "eth1", "gateway": "198.51.100.1",
+            "gateway6": "2001:db8:51::1", "dataDir": self.data.path().join("records")});
         for (k, v) in policy.as_object().unwrap() {
             route[k] = v.clone();
         }
         Chain::new(json!({"cniVersion": "1.1.0", "name": "pr", "plugins": [
             {"type": "ptp", "ipam": {"type": "host-local", "dataDir": self.data.path().join("ipam"),
-                "ranges": [[{"subnet": "10.77.0.0/24"}], [{"subnet": "fd77::/64"}]],
+                "ranges": [[{"subnet": "10.92.0.0/24"}], [{"subnet": "fd92::/64"}]],
                 "routes": [{"dst": "0.0.0.0/0"}, {"dst": "::/0"}]}},
             route
         ]}))
@@ -153,9 +136,9 @@ fn pod_traffic_leaves_through_the_secondary_uplink_with_the_pods_own_address() {
     let rules6 = site.rules("-6").join("\n");
     assert!(rules6.contains(&format!("1536:\tfrom {v6} lookup 101 proto 77")), "{rules6}");
     let table = site.table_101().join("\n");
-    assert!(table.contains("default via 198.51.100.2 dev eth1 proto 77"), "{table}");
-    assert!(table.contains("198.51.100.2 dev eth1 proto 77 scope link"), "{table}");
-    assert!(table.contains("default via 2001:db8:2::2 dev eth1 proto 77"), "{table}");
+    assert!(table.contains("default via 198.51.100.1 dev eth1 proto 77"), "{table}");
+    assert!(table.contains("198.51.100.1 dev eth1 proto 77 scope link"), "{table}");
+    assert!(table.contains("default via 2001:db8:51::1 dev eth1 proto 77"), "{table}");
 
     chain.del(&site.node, "c1", pod.path(), Some(&result));
     site.assert_nothing_of_ours();
@@ -218,7 +201,7 @@ fn fifty_pods_share_the_node_wide_pieces_and_foreign_rules_and_routes_stay() {
     site.node.ip(&["rule", "add", "from", "10.99.0.1", "lookup", "101", "pref", "1536"]);
     site.node.ip(&["rule", "add", "to", "10.99.0.1", "lookup", "main", "pref", "512"]);
     site.node.ip(&["rule", "add", "fwmark", "0x80/0x80", "lookup", "main", "pref", "1024"]);
-    site.node.ip(&["route", "add", "default", "via", "198.51.100.2", "dev", "eth1", "table", "101"]);
+    site.node.ip(&["route", "add", "default", "via", "198.51.100.1", "dev", "eth1", "table", "101"]);
     let foreign_rules = site.rules("-4");
     let chain = site.chain(json!({"primary": {"interface": "eth0", "mark": "0x80"}}));
     let pods: Vec<Netns> = (0..50).map(|_| Netns::new()).collect();
@@ -240,7 +223,7 @@ fn fifty_pods_share_the_node_wide_pieces_and_foreign_rules_and_routes_stay() {
     assert_eq!(nft.matches("comment \"cni-chain:policy-route").count(), 2, "{nft}");
     let table = site.table_101().join("\n");
     assert!(
-        !table.contains("default via 198.51.100.2 dev eth1 proto 77"),
+        !table.contains("default via 198.51.100.1 dev eth1 proto 77"),
         "the agent's default route is used: {table}"
     );
     assert_eq!(site.rp_filter(), "2");
@@ -254,7 +237,7 @@ fn fifty_pods_share_the_node_wide_pieces_and_foreign_rules_and_routes_stay() {
     site.assert_nothing_of_ours();
     assert_eq!(site.rules("-4"), foreign_rules, "someone else's rules stay as they were");
     assert!(
-        site.table_101().iter().any(|r| r.starts_with("default via 198.51.100.2 dev eth1")),
+        site.table_101().iter().any(|r| r.starts_with("default via 198.51.100.1 dev eth1")),
         "the agent's route stays"
     );
     assert_eq!(site.rp_filter(), "1");
@@ -270,7 +253,7 @@ fn del_without_prev_result_or_netns_and_gc_scoped_to_its_network_leave_nothing()
     // Another network's attachment on the same node shares the node-wide pieces.
     let mut other = site.chain(json!({"primary": {"interface": "eth0"}}));
     other.list["name"] = json!("other");
-    other.overrides.push((0, "ipam.ranges".into(), json!([[{"subnet": "10.77.0.0/24", "rangeStart": "10.77.0.200"}]])));
+    other.overrides.push((0, "ipam.ranges".into(), json!([[{"subnet": "10.92.0.0/24", "rangeStart": "10.92.0.200"}]])));
     other.overrides.push((0, "ipam.routes".into(), json!([{"dst": "0.0.0.0/0"}])));
     let p3 = Netns::new();
     let r3 = other.add(&site.node, "c3", p3.path());
