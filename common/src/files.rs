@@ -68,3 +68,36 @@ pub fn lock_dir(dir: &Path) -> Result<File> {
     file.lock().map_err(|e| io("locking", &path, e))?;
     Ok(file)
 }
+
+/// STATUS: `target` (or the nearest directory above it that exists) can be written, without creating anything
+/// that stays.
+pub fn probe_writable(target: &Path) -> std::result::Result<(), String> {
+    let existing = target.ancestors().find(|p| p.exists()).unwrap_or(Path::new("/"));
+    if !existing.is_dir() {
+        return Err(format!("{} is not a directory", existing.display()));
+    }
+    let probe = existing.join(format!(".cni-chain-status-{}", std::process::id()));
+    match OpenOptions::new().write(true).create_new(true).open(&probe) {
+        Ok(_) => {
+            let _ = fs::remove_file(&probe);
+            Ok(())
+        }
+        Err(e) => Err(format!("cannot write to {}: {e}", existing.display())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probe_creates_nothing_and_fails_below_a_file() {
+        let data = std::env::temp_dir().join(format!("cni-chain-probe-{}", std::process::id()));
+        fs::create_dir_all(&data).unwrap();
+        assert!(probe_writable(&data.join("net")).is_ok());
+        assert_eq!(fs::read_dir(&data).unwrap().count(), 0);
+        fs::write(data.join("file"), "").unwrap();
+        assert!(probe_writable(&data.join("file/net")).unwrap_err().contains("not a directory"));
+        fs::remove_dir_all(&data).unwrap();
+    }
+}

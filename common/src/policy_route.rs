@@ -141,6 +141,11 @@ pub struct Store {
 }
 
 impl Store {
+    /// The store's directory under `data_dir`.
+    pub fn location(data_dir: &Path) -> PathBuf {
+        data_dir.join(STORE_DIR)
+    }
+
     pub fn open(data_dir: &Path) -> Result<Store> {
         let dir = data_dir.join(STORE_DIR);
         refuse_symlink(data_dir, "dataDir")?;

@@ -60,7 +60,7 @@ impl Plugin for HostLocal {
 
     fn status(inv: &Invocation) -> Result<()> {
         let s = settings(inv)?;
-        store::probe_writable(&s.data_dir, &s.network).map_err(CniError::NotAvailable)?;
+        common::files::probe_writable(&s.data_dir.join(&s.network)).map_err(CniError::NotAvailable)?;
         let reserved = match Store::open_existing(&s.data_dir, &s.network)? {
             Some(store) => store::reserved_set(&store.reservations()?),
             None => Default::default(),

@@ -218,23 +218,6 @@ pub fn held_by(reservations: &[Reservation], container_id: &str, ifname: &str) -
     reservations.iter().filter(|r| r.holder.container_id == id && r.holder.ifname.is_none()).map(|r| r.ip).collect()
 }
 
-/// STATUS: the store can be written, without creating anything that stays.
-pub fn probe_writable(data_dir: &Path, network: &str) -> std::result::Result<(), String> {
-    let target = data_dir.join(network);
-    let existing = target.ancestors().find(|p| p.exists()).unwrap_or(Path::new("/"));
-    if !existing.is_dir() {
-        return Err(format!("{} is not a directory", existing.display()));
-    }
-    let probe = existing.join(format!(".cni-chain-status-{}", std::process::id()));
-    match OpenOptions::new().write(true).create_new(true).open(&probe) {
-        Ok(_) => {
-            let _ = fs::remove_file(&probe);
-            Ok(())
-        }
-        Err(e) => Err(format!("cannot write to {}: {e}", existing.display())),
-    }
-}
-
 /// The set of reserved addresses, for quick skipping and for STATUS.
 pub fn reserved_set(reservations: &[Reservation]) -> HashSet<IpAddr> {
     reservations.iter().map(|r| r.ip).collect()
@@ -308,16 +291,5 @@ mod tests {
         assert!(fs::read_dir(&elsewhere).unwrap().next().is_none(), "nothing was written through the link");
         fs::remove_dir_all(&data).unwrap();
         fs::remove_dir_all(&elsewhere).unwrap();
-    }
-
-    #[test]
-    fn probe_creates_nothing_and_fails_below_a_file() {
-        let data = tmp();
-        fs::create_dir_all(&data).unwrap();
-        assert!(probe_writable(&data, "net").is_ok());
-        assert_eq!(fs::read_dir(&data).unwrap().count(), 0);
-        fs::write(data.join("file"), "").unwrap();
-        assert!(probe_writable(&data.join("file"), "net").unwrap_err().contains("not a directory"));
-        fs::remove_dir_all(&data).unwrap();
     }
 }

@@ -69,7 +69,8 @@ impl Plugin for PolicyRoute {
 
     fn status(inv: &Invocation) -> Result<()> {
         let s = settings(inv)?;
-        let usable = Store::open(&s.data_dir).and_then(|_| Node::open()?.status());
+        common::files::probe_writable(&Store::location(&s.data_dir)).map_err(CniError::NotAvailable)?;
+        let usable = Node::open().and_then(|node| node.status());
         usable.map_err(|e| CniError::NotAvailable(format!("policy rules and nftables cannot be changed here: {e}")))
     }
 
