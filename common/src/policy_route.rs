@@ -439,13 +439,13 @@ impl Node {
             let mut nft = Nft::open()?;
             let mut batch = Batch::new();
             if primaries.is_empty() {
-                batch.delete_table(NFT_TABLE);
-            } else {
+                if nft.table_exists(NFT_TABLE)? {
+                    batch.delete_table(NFT_TABLE);
+                }
+            } else if nft.chains(NFT_TABLE)?.contains(&p.chain()) {
                 batch.flush_chain(NFT_TABLE, &p.chain()).delete_chain(NFT_TABLE, &p.chain());
             }
-            if nft.table_exists(NFT_TABLE)? {
-                nft.apply(&batch, "removing the primary uplink's marking")?;
-            }
+            nft.apply(&batch, "removing the primary uplink's marking")?;
         }
         if !primaries.iter().any(|o| o.interface == p.interface) {
             if let Some(before) = store.kept_rp_filter(&p.interface) {

@@ -360,3 +360,34 @@ fn a_kill_at_any_moment_of_add_then_del_and_gc_leave_nothing() {
     }
     site.ptp_only().del(&site.node, "c1", pod.path(), Some(&prev));
 }
+
+#[test]
+fn a_failed_add_leaves_nothing_and_keeps_what_an_earlier_add_made() {
+    let site = Site::new();
+    let chain = site.chain(json!({"primary": {"interface": "eth0"}}));
+    let (p1, p2) = (Netns::new(), Netns::new());
+    let r1 = chain.add(&site.node, "c1", p1.path());
+    let before = site.our_rules();
+    let nft_before = site.node.nft(&["list", "table", "inet", "cni_chain_policy_route"]);
+    // Another network whose primary uplink does not exist: its ADD fails after its record was written.
+    let mut other = site.chain(json!({"primary": {"interface": "eth9"}}));
+    other.list["name"] = json!("other");
+    other.overrides.push((0, "ipam.ranges".into(), json!([[{"subnet": "10.92.0.0/24", "rangeStart": "10.92.0.200"}]])));
+    other.overrides.push((0, "ipam.routes".into(), json!([{"dst": "0.0.0.0/0"}])));
+    let prev = other.add_first(1, &site.node, "c2", p2.path()).unwrap();
+    let conf = serde_json::to_vec(&other.config(1, Some(&prev))).unwrap();
+    let failed = Call::new("policy-route", "ADD", "c2", p2.path()).run(&site.node, &conf);
+    assert!(!failed.success && failed.stdout.contains("eth9"), "{}", failed.stdout);
+    assert_eq!(site.our_rules(), before, "the failed ADD left nothing and took nothing of c1's");
+    assert_eq!(site.node.nft(&["list", "table", "inet", "cni_chain_policy_route"]), nft_before);
+    let records = site.data.path().join("records/policy-route/attachments/other");
+    assert_eq!(integration::file_names(&records), Vec::<String>::new(), "no record of the failed ADD");
+    let del = serde_json::to_vec(&other.config(1, None)).unwrap();
+    Call::new("policy-route", "DEL", "c2", "").run(&site.node, &del).ok();
+    site.ptp_only().del(&site.node, "c2", p2.path(), Some(&prev));
+    for reply in chain.check(&site.node, "c1", p1.path(), &r1) {
+        reply.ok();
+    }
+    chain.del(&site.node, "c1", p1.path(), Some(&r1));
+    site.assert_nothing_of_ours();
+}
