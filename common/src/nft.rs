@@ -748,24 +748,121 @@ impl Nft {
         })
     }
 
-    /// The elements of an address set or address → verdict map.
+    /// The elements of an address set or address → verdict map. Read from the raw answer: the netlink crate's
+    /// parser formats the whole element list once per element (quadratic: half a second for 1000 pods).
     pub fn elements(&mut self, table: &str, set: &str) -> Result<Vec<Element>> {
+        let seq = self.seq;
         let req = NfTablesMessage::GetSetElement(Batch::elements(table, set, vec![]));
+        let buf = self.message(NetfilterProtoFamily::Inet, req.into(), NLM_F_DUMP);
+        self.socket.send(&buf, 0).map_err(|e| nl_err("dump request", e))?;
         let mut out = Vec::new();
-        for m in self.dump(req)? {
-            let NfTablesMessage::NewSetElement(msg) = m else { continue };
-            for list in msg.attributes {
-                let SetElementList::Elements(elems) = list else { continue };
-                for elem in elems {
-                    let ListAttribute::Element(attrs) = elem else { continue };
-                    if let Some(e) = element(attrs) {
-                        out.push(e);
+        loop {
+            let mut buf = Vec::with_capacity(1 << 18);
+            self.socket.recv(&mut buf, 0).map_err(|e| nl_err("reading the kernel's answer", e))?;
+            for (kind, msg_seq, payload) in raw_messages(&buf) {
+                if msg_seq != seq {
+                    continue;
+                }
+                match kind {
+                    NLMSG_DONE => return Ok(out),
+                    NLMSG_ERROR => {
+                        let code = payload.get(..4).map_or(0, |c| i32::from_ne_bytes([c[0], c[1], c[2], c[3]]));
+                        return match code {
+                            0 => Ok(out),
+                            c if c == -libc::ENOENT => Ok(out),
+                            c => Err(nl_err("dump", errno_text(c))),
+                        };
                     }
+                    NFT_MSG_NEWSETELEM_TYPE => out.extend(raw_set_elements(payload)),
+                    _ => {}
                 }
             }
         }
-        Ok(out)
     }
+}
+
+const NLMSG_ERROR: u16 = 2;
+const NLMSG_DONE: u16 = 3;
+const NFT_MSG_NEWSETELEM_TYPE: u16 = (NFNL_SUBSYS_NFTABLES << 8) | 12;
+const NFGENMSG_LEN: usize = 4;
+const NLA_TYPE_MASK: u16 = 0x3fff;
+const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
+const NFTA_LIST_ELEM: u16 = 1;
+const NFTA_SET_ELEM_KEY: u16 = 1;
+const NFTA_SET_ELEM_DATA: u16 = 2;
+const NFTA_SET_ELEM_USERDATA: u16 = 6;
+const NFTA_DATA_VALUE: u16 = 1;
+const NFTA_DATA_VERDICT: u16 = 2;
+const NFTA_VERDICT_CHAIN: u16 = 2;
+
+/// The netlink messages in a buffer as (type, sequence number, payload).
+fn raw_messages(buf: &[u8]) -> Vec<(u16, u32, &[u8])> {
+    let mut out = Vec::new();
+    let mut off = 0;
+    while off + 16 <= buf.len() {
+        let len = u32::from_ne_bytes([buf[off], buf[off + 1], buf[off + 2], buf[off + 3]]) as usize;
+        if len < 16 || off + len > buf.len() {
+            break;
+        }
+        let kind = u16::from_ne_bytes([buf[off + 4], buf[off + 5]]);
+        let seq = u32::from_ne_bytes([buf[off + 8], buf[off + 9], buf[off + 10], buf[off + 11]]);
+        out.push((kind, seq, &buf[off + 16..off + len]));
+        off += (len + 3) & !3;
+    }
+    out
+}
+
+/// The attributes in `buf` as (type without flags, value).
+fn nlas(buf: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
+    let mut off = 0;
+    std::iter::from_fn(move || {
+        if off + 4 > buf.len() {
+            return None;
+        }
+        let len = usize::from(u16::from_ne_bytes([buf[off], buf[off + 1]]));
+        let kind = u16::from_ne_bytes([buf[off + 2], buf[off + 3]]) & NLA_TYPE_MASK;
+        if len < 4 || off + len > buf.len() {
+            return None;
+        }
+        let value = &buf[off + 4..off + len];
+        off += (len + 3) & !3;
+        Some((kind, value))
+    })
+}
+
+/// The elements of one NEWSETELEM message (after its netlink header).
+fn raw_set_elements(payload: &[u8]) -> Vec<Element> {
+    let Some(attrs) = payload.get(NFGENMSG_LEN..) else { return vec![] };
+    nlas(attrs)
+        .filter(|(kind, _)| *kind == NFTA_SET_ELEM_LIST_ELEMENTS)
+        .flat_map(|(_, list)| nlas(list).filter(|(kind, _)| *kind == NFTA_LIST_ELEM).map(|(_, e)| e))
+        .filter_map(raw_element)
+        .collect()
+}
+
+fn raw_element(attrs: &[u8]) -> Option<Element> {
+    let (mut key, mut jump, mut comment) = (None, None, None);
+    for (kind, value) in nlas(attrs) {
+        match kind {
+            NFTA_SET_ELEM_KEY => {
+                key = nlas(value).find(|(k, _)| *k == NFTA_DATA_VALUE).and_then(|(_, v)| match v.len() {
+                    4 => <[u8; 4]>::try_from(v).ok().map(IpAddr::from),
+                    16 => <[u8; 16]>::try_from(v).ok().map(IpAddr::from),
+                    _ => None,
+                })
+            }
+            NFTA_SET_ELEM_DATA => {
+                jump = nlas(value)
+                    .filter(|(k, _)| *k == NFTA_DATA_VERDICT)
+                    .flat_map(|(_, verdict)| nlas(verdict))
+                    .find(|(k, _)| *k == NFTA_VERDICT_CHAIN)
+                    .map(|(_, chain)| String::from_utf8_lossy(chain.strip_suffix(&[0]).unwrap_or(chain)).into_owned())
+            }
+            NFTA_SET_ELEM_USERDATA => comment = comment_of(value),
+            _ => {}
+        }
+    }
+    Some(Element { key: key?, jump, comment })
 }
 
 /// The names of dumped objects that belong to `table`; `table_and_name` reads both from one message.
@@ -781,30 +878,6 @@ fn names_in_table(
             _ => None,
         })
         .collect()
-}
-
-fn element(attrs: Vec<SetElementAttribute>) -> Option<Element> {
-    let (mut key, mut jump, mut comment) = (None, None, None);
-    for a in attrs {
-        match a {
-            SetElementAttribute::Key(DataAttribute::Value(v)) => {
-                key = match v.len() {
-                    4 => Some(IpAddr::from(<[u8; 4]>::try_from(v.as_slice()).ok()?)),
-                    16 => Some(IpAddr::from(<[u8; 16]>::try_from(v.as_slice()).ok()?)),
-                    _ => None,
-                }
-            }
-            SetElementAttribute::Data(DataAttribute::Verdict(v)) => {
-                jump = v.into_iter().find_map(|va| match va {
-                    VerdictAttribute::Chain(c) => Some(c),
-                    _ => None,
-                })
-            }
-            SetElementAttribute::UserData(u) => comment = comment_of(&u),
-            _ => {}
-        }
-    }
-    Some(Element { key: key?, jump, comment })
 }
 
 /// A change with the name of what it changes, for the debug log.
@@ -855,6 +928,28 @@ fn describe(m: &NfTablesMessage) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_raw_element_reader_reads_what_the_crate_writes() {
+        let elements = vec![
+            Element { key: "10.0.0.7".parse().unwrap(), jump: None, comment: Some("cni-chain:x:n:c1/eth0".into()) },
+            Element { key: "fd00::7".parse().unwrap(), jump: Some("masq_pod_1".into()), comment: None },
+        ];
+        let mut batch = Batch::new();
+        batch.add_elements("t", "s", &elements);
+        let inner: NetfilterMessageInner = batch.msgs[0].0.clone().into();
+        let mut msg =
+            NetlinkMessage::from(NetfilterMessage::new(NetfilterHeader::new(NetfilterProtoFamily::Inet, 0, 0), inner));
+        msg.header.sequence_number = 9;
+        msg.finalize();
+        let mut buf = vec![0; msg.buffer_len()];
+        msg.serialize(&mut buf);
+        let messages = raw_messages(&buf);
+        assert_eq!(messages.len(), 1);
+        assert_eq!(messages[0].1, 9);
+        assert_eq!(raw_set_elements(messages[0].2), elements);
+        assert!(raw_set_elements(&[1, 2]).is_empty(), "a short payload reads as no element");
+    }
 
     #[test]
     fn comments_round_trip_in_nft_format() {
