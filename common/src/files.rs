@@ -7,7 +7,7 @@ use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-/// What we store names containers and addresses, nobody else's business: only root reads it.
+/// A store names containers and their addresses, nobody else's business: only root reads it.
 pub const DIR_MODE: u32 = 0o700;
 pub const FILE_MODE: u32 = 0o600;
 /// Files are written to `<name>.tmp` and renamed, so a plugin killed mid-write leaves the old content or the

@@ -391,3 +391,20 @@ fn a_failed_add_leaves_nothing_and_keeps_what_an_earlier_add_made() {
     chain.del(&site.node, "c1", p1.path(), Some(&r1));
     site.assert_nothing_of_ours();
 }
+
+#[test]
+fn status_creates_nothing_and_says_when_rules_and_nftables_cannot_be_changed_here() {
+    let site = Site::new();
+    let conf = serde_json::to_vec(&site.chain(json!({})).config(1, None)).unwrap();
+    Call::new("policy-route", "STATUS", "", "").run(&site.node, &conf).ok();
+    assert!(!site.data.path().join("records").exists(), "STATUS created nothing");
+    // In a user namespace of its own the plugin has no CAP_NET_ADMIN over the node's netns.
+    let reply = Call::new("policy-route", "STATUS", "", "").run_with(&site.node, &conf, |cmd| {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: unshare is a plain syscall between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWUSER).map_err(std::io::Error::from));
+        }
+    });
+    assert!(reply.err(50).contains("CAP_NET_ADMIN"));
+}
