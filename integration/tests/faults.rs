@@ -1,6 +1,6 @@
 //! Faults: a plugin killed with SIGKILL at a random moment of its ADD, then the runtime's DEL (with no
 //! prevResult, as after a failed ADD) and GC, leave no veth, no reservation, no nftables element, no index
-//! entry or temporary file, and no IPAM lock held. A step that fails inside ADD rolls the whole ADD back.
+//! entry, record or temporary file, no policy rule of ours, and no IPAM lock held. A step that fails inside ADD rolls the whole ADD back.
 
 use integration::runtimes::node_with_uplink;
 use integration::{assert_same_state, reservations_in, tree_state, Call, Chain, Netns, TempDir};
@@ -43,6 +43,18 @@ fn chains(stores: &Path) -> Vec<Chain> {
         }
         out.push(chain);
     }
+    // The policy-route conflist, pointed at this node's one uplink, with its records among the stores.
+    let mut routed = Chain::shipped_in("50-cni-chain-policy-route.conflist", stores);
+    for (key, value) in [
+        ("uplink", json!("uplink")),
+        ("gateway", json!("192.0.2.2")),
+        ("gateway6", json!("2001:db8::2")),
+        ("primary.interface", json!("uplink")),
+        ("dataDir", json!(stores.join("policy-route"))),
+    ] {
+        routed.overrides.push((1, key.into(), value));
+    }
+    out.push(routed);
     out
 }
 
@@ -156,6 +168,11 @@ fn assert_nothing_left(node: &Netns, stores: &Path, context: &str) {
     ] {
         assert!(node.nft_elements(set).is_empty(), "{context}: elements left in {set}");
     }
+    for family in ["-4", "-6"] {
+        let rules = node.ip(&[family, "rule"]);
+        assert!(!rules.contains("proto 77"), "{context}: policy-route rules left: {rules}");
+    }
+    assert!(!node.has_nft_table("cni_chain_policy_route"), "{context}: policy-route's table left");
     assert_no_lock_held(stores);
 }
 
