@@ -65,7 +65,9 @@ fn the_release_tarball_holds_static_stripped_plugins_the_conflists_and_the_licen
 /// Runs `bin` with `args` chrooted into a directory holding nothing but that binary.
 fn in_an_empty_root(bin: &Path, args: &[&str], stdin: &str) -> std::process::Output {
     let root = TempDir::new("empty-root");
-    std::fs::copy(bin, root.path().join("plugin")).unwrap();
+    // A link, not a copy: a copy's file is open for writing, and a fork by another test thread meanwhile
+    // would hold it open and make our exec fail with ETXTBSY.
+    std::fs::hard_link(bin, root.path().join("plugin")).unwrap();
     let new_root = root.path().to_path_buf();
     let mut cmd = Command::new("/plugin");
     cmd.args(args).env_clear().env("CNI_COMMAND", "VERSION");
