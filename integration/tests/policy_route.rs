@@ -43,6 +43,16 @@ impl Site {
         ]}))
     }
 
+    /// A second network "other" on the node (IPv4 only, addresses from .200 up) with primary `primary`.
+    fn other_network(&self, primary: &str) -> Chain {
+        let mut other = self.chain(json!({"primary": {"interface": primary}}));
+        other.list["name"] = json!("other");
+        let range = json!([[{"subnet": "10.92.0.0/24", "rangeStart": "10.92.0.200"}]]);
+        other.overrides.push((0, "ipam.ranges".into(), range));
+        other.overrides.push((0, "ipam.routes".into(), json!([{"dst": "0.0.0.0/0"}])));
+        other
+    }
+
     fn ptp_only(&self) -> Chain {
         let mut chain = self.chain(json!({}));
         chain.list["plugins"].as_array_mut().unwrap().truncate(1);
@@ -251,10 +261,7 @@ fn del_without_prev_result_or_netns_and_gc_scoped_to_its_network_leave_nothing()
     let r1 = chain.add(&site.node, "c1", p1.path());
     let r2 = chain.add(&site.node, "c2", p2.path());
     // Another network's attachment on the same node shares the node-wide pieces.
-    let mut other = site.chain(json!({"primary": {"interface": "eth0"}}));
-    other.list["name"] = json!("other");
-    other.overrides.push((0, "ipam.ranges".into(), json!([[{"subnet": "10.92.0.0/24", "rangeStart": "10.92.0.200"}]])));
-    other.overrides.push((0, "ipam.routes".into(), json!([{"dst": "0.0.0.0/0"}])));
+    let other = site.other_network("eth0");
     let p3 = Netns::new();
     let r3 = other.add(&site.node, "c3", p3.path());
 
@@ -370,10 +377,7 @@ fn a_failed_add_leaves_nothing_and_keeps_what_an_earlier_add_made() {
     let before = site.our_rules();
     let nft_before = site.node.nft(&["list", "table", "inet", "cni_chain_policy_route"]);
     // Another network whose primary uplink does not exist: its ADD fails after its record was written.
-    let mut other = site.chain(json!({"primary": {"interface": "eth9"}}));
-    other.list["name"] = json!("other");
-    other.overrides.push((0, "ipam.ranges".into(), json!([[{"subnet": "10.92.0.0/24", "rangeStart": "10.92.0.200"}]])));
-    other.overrides.push((0, "ipam.routes".into(), json!([{"dst": "0.0.0.0/0"}])));
+    let other = site.other_network("eth9");
     let prev = other.add_first(1, &site.node, "c2", p2.path()).unwrap();
     let conf = serde_json::to_vec(&other.config(1, Some(&prev))).unwrap();
     let failed = Call::new("policy-route", "ADD", "c2", p2.path()).run(&site.node, &conf);
