@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 CNI_BIN_DIR ?= /opt/cni/bin
 DESTDIR ?=
-PLUGINS := ptp host-local linkgroup masquerade egress-v4 policy-route
+PLUGINS := ptp host-local linkgroup masquerade egress-v4 egress-v6 policy-route
 # Kernel tests make namespaces and processes: keep parallelism modest on small machines.
 TEST_THREADS ?= 4
 APT_PACKAGES := containernetworking-plugins iproute2 iputils-ping nftables iptables python3 gcc libc6-dev curl \

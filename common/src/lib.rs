@@ -2,6 +2,7 @@
 //! netlink, sysctl, IPAM delegation, names and the point-to-point veth that several plugins build.
 
 pub mod conf;
+pub mod egress;
 pub mod error;
 pub mod files;
 pub mod gojson;

@@ -18,7 +18,7 @@ use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 pub use rtnetlink::Handle;
 use rtnetlink::{LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
 use std::future::Future;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::os::fd::AsRawFd;
 
 const ENOENT: i32 = 2;
@@ -288,6 +288,11 @@ pub async fn add_address(handle: &Handle, index: u32, addr: IpNetwork) -> Result
 
 /// The addresses on a link (all families).
 pub async fn addresses(handle: &Handle, index: u32) -> Result<Vec<IpNetwork>> {
+    Ok(addresses_with_flags(handle, index).await?.into_iter().map(|(net, _)| net).collect())
+}
+
+/// The addresses on a link with their kernel flags (temporary, deprecated, tentative...).
+async fn addresses_with_flags(handle: &Handle, index: u32) -> Result<Vec<(IpNetwork, AddressFlags)>> {
     let msgs = dump(handle, RouteNetlinkMessage::GetAddress(AddressMessage::default())).await?;
     let mut out = Vec::new();
     for m in msgs {
@@ -305,9 +310,18 @@ pub async fn addresses(handle: &Handle, index: u32) -> Result<Vec<IpNetwork>> {
                     _ => None,
                 })
             });
+            // IFA_FLAGS holds all 32 bits; the header's 8 are what older kernels report.
+            let flags = a
+                .attributes
+                .iter()
+                .find_map(|attr| match attr {
+                    AddressAttribute::Flags(f) => Some(*f),
+                    _ => None,
+                })
+                .unwrap_or_else(|| AddressFlags::from_bits_retain(u32::from(a.header.flags.bits())));
             if let Some(ip) = ip {
                 if let Ok(n) = IpNetwork::new(ip, a.header.prefix_len) {
-                    out.push(n);
+                    out.push((n, flags));
                 }
             }
         }
@@ -446,22 +460,36 @@ pub async fn routes(handle: &Handle, ipv6: bool) -> Result<Vec<RouteSpec>> {
     Ok(out)
 }
 
-/// The address the node's IPv4 traffic leaves with: the preferred source of the main table's best
-/// default route, else the first global IPv4 address of that route's interface.
-pub async fn default_route_source_v4(handle: &Handle) -> Result<Option<Ipv4Addr>> {
-    let mut defaults: Vec<RouteSpec> = routes(handle, false)
+/// The address the node's traffic of one family leaves with: the preferred source of the main table's
+/// best default route, else the first stable global address of that route's interface. For IPv6 that
+/// skips unique-local (not routed beyond the site), temporary (they rotate), deprecated and tentative ones.
+pub async fn default_route_source(handle: &Handle, ipv6: bool) -> Result<Option<IpAddr>> {
+    let mut defaults: Vec<RouteSpec> = routes(handle, ipv6)
         .await?
         .into_iter()
         .filter(|r| r.dst.prefix() == 0 && r.table == Some(RouteHeader::RT_TABLE_MAIN as u32))
         .collect();
     defaults.sort_by_key(|r| r.metric.unwrap_or(0));
     for route in defaults {
-        if let Some(IpAddr::V4(src)) = route.src {
+        if let Some(src) = route.src.filter(|src| src.is_ipv6() == ipv6) {
             return Ok(Some(src));
         }
         let Some(oif) = route.oif else { continue };
-        let global = addresses(handle, oif).await?.into_iter().find_map(|a| match a.ip() {
-            IpAddr::V4(v4) if !v4.is_link_local() && !v4.is_loopback() => Some(v4),
+        let unstable = AddressFlags::Secondary // IFA_F_TEMPORARY for IPv6
+            | AddressFlags::Deprecated
+            | AddressFlags::Tentative
+            | AddressFlags::Dadfailed;
+        let global = addresses_with_flags(handle, oif).await?.into_iter().find_map(|(a, flags)| match a.ip() {
+            IpAddr::V4(v4) if !ipv6 && !v4.is_link_local() && !v4.is_loopback() => Some(IpAddr::V4(v4)),
+            IpAddr::V6(v6)
+                if ipv6
+                    && !flags.intersects(unstable)
+                    && !v6.is_unicast_link_local()
+                    && !v6.is_unique_local()
+                    && !v6.is_loopback() =>
+            {
+                Some(IpAddr::V6(v6))
+            }
             _ => None,
         });
         if global.is_some() {
@@ -469,6 +497,29 @@ pub async fn default_route_source_v4(handle: &Handle) -> Result<Option<Ipv4Addr>
         }
     }
     Ok(None)
+}
+
+/// Interfaces holding a default route learnt from a router advertisement: the kernel drops those
+/// routes when IPv6 forwarding is turned on, unless the interface's `accept_ra` is 2.
+pub async fn ra_default_route_links(handle: &Handle) -> Result<Vec<u32>> {
+    let mut req = RouteMessage::default();
+    req.header.address_family = AddressFamily::Inet6;
+    let msgs = dump(handle, RouteNetlinkMessage::GetRoute(req)).await?;
+    let mut out = Vec::new();
+    for m in msgs {
+        let RouteNetlinkMessage::NewRoute(r) = m else { continue };
+        if r.header.protocol != RouteProtocol::Ra || r.header.destination_prefix_length != 0 {
+            continue;
+        }
+        for attr in &r.attributes {
+            if let RouteAttribute::Oif(i) = attr {
+                if !out.contains(i) {
+                    out.push(*i);
+                }
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// A policy rule: traffic from `src`, to `dst` and/or with `fwmark` looks up `table`.

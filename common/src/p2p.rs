@@ -1,7 +1,7 @@
 //! A point-to-point veth between the node and a pod, routed as seed 001 describes:
 //! in the pod, each address without its connected route, the gateway /32 (/128) scope link, the subnet
 //! and IPAM routes via the gateway; on the node, the gateway on the host veth and a host route to the pod.
-//! Shared by `ptp` and `egress-v4`.
+//! Shared by `ptp`, `egress-v4` and `egress-v6`.
 
 use crate::error::{CniError, Result};
 use crate::names::Owner;
@@ -127,10 +127,10 @@ fn configure(
     ips: &[IpConfig],
     routes: &[Route],
 ) -> Result<(Interface, Interface)> {
-    // Both ends are still down: DAD off now, before their link-local addresses exist.
+    // Both ends are still down: IPv6 on and DAD off now, before their link-local addresses exist.
     if ips.iter().any(|ip| ip.address.is_ipv6()) {
-        sysctl::disable_dad(att.host_ifname)?;
-        pod.run(|| sysctl::disable_dad(att.container_ifname))??;
+        sysctl::enable_ipv6_without_dad(att.host_ifname)?;
+        pod.run(|| sysctl::enable_ipv6_without_dad(att.container_ifname))??;
     }
     let pod_handle = rtnl.connect_in(pod)?;
     rtnl.block_on(async {

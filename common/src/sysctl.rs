@@ -36,10 +36,12 @@ pub fn enable_forwarding(ipv4: bool, ipv6: bool) -> Result<()> {
     Ok(())
 }
 
-/// Turn IPv6 duplicate address detection off on a link that is still down, so its link-local
+/// Ready a link that is still down for IPv6: on, even where the netns' defaults switch it off (as
+/// the reference plugins' IPAM does), and without duplicate address detection so its link-local
 /// address is usable at once: the kernel sends no neighbour solicitation for forwarded packets
 /// while the link-local address is tentative, which drops a new pod's first packets.
-pub fn disable_dad(ifname: &str) -> Result<()> {
+pub fn enable_ipv6_without_dad(ifname: &str) -> Result<()> {
+    ensure(&format!("net/ipv6/conf/{ifname}/disable_ipv6"), "0")?;
     set(&format!("net/ipv6/conf/{ifname}/accept_dad"), "0")
 }
 

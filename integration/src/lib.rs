@@ -312,6 +312,17 @@ impl Netns {
         assert!(child.wait().unwrap().success(), "nft -f: {script}");
     }
 
+    /// A sysctl of this netns (`net/ipv6/conf/eth0/disable_ipv6`), trimmed.
+    pub fn sysctl(&self, key: &str) -> String {
+        let path = format!("/proc/sys/{key}");
+        self.run(move || std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}")).trim().to_string())
+    }
+
+    pub fn set_sysctl(&self, key: &str, value: &str) {
+        let (path, value) = (format!("/proc/sys/{key}"), value.to_string());
+        self.run(move || std::fs::write(&path, value).unwrap_or_else(|e| panic!("{path}: {e}")));
+    }
+
     /// One ping to `addr`; true if answered.
     pub fn ping(&self, addr: &str) -> bool {
         self.command("ping")

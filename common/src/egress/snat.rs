@@ -2,32 +2,45 @@
 //! with its attachment) and one base chain whose single rule SNATs the set to that node address.
 //! The rules never change with pods; pods only add and remove set elements.
 
-use common::masq::{check_tag, delete_table_if_empty, multicast, remove_tagged};
-use common::nft::{Batch, Element, Nft, PortSelection, Rule};
-use common::{CniError, Result};
-use std::net::{IpAddr, Ipv4Addr};
+use crate::masq::{check_tag, delete_table_if_empty, multicast, remove_tagged};
+use crate::nft::{Batch, Element, Nft, PortSelection, Rule};
+use crate::{CniError, Result};
+use std::net::IpAddr;
 
-/// Sets and chains of this plugin start with this; chains and sets have separate namespaces in nftables.
-const PREFIX: &str = "egress_v4_";
+/// Sets and chains of egress-v4 (`v6` false) or egress-v6 start with this; chains and sets have
+/// separate namespaces in nftables.
+pub fn prefix(v6: bool) -> &'static str {
+    if v6 {
+        "egress_v6_"
+    } else {
+        "egress_v4_"
+    }
+}
 
-/// Where SNAT to one node address lives.
+/// Where SNAT to one node address lives; the node address's family is the egress family.
 #[derive(Debug, Clone)]
 pub struct Snat<'a> {
     pub table: &'a str,
-    pub node_ip: Ipv4Addr,
+    pub node_ip: IpAddr,
     pub ports: PortSelection,
 }
 
 impl Snat<'_> {
-    /// Set and chain name, e.g. `egress_v4_192_0_2_1`.
-    fn name(&self) -> String {
-        format!("{PREFIX}{}", self.node_ip.to_string().replace('.', "_"))
+    fn v6(&self) -> bool {
+        self.node_ip.is_ipv6()
+    }
+
+    /// Set and chain name, e.g. `egress_v4_192_0_2_1` or `egress_v6_2001_db8__1` (the mapping is one to one).
+    pub fn name(&self) -> String {
+        format!("{}{}", prefix(self.v6()), self.node_ip.to_string().replace(['.', ':'], "_"))
     }
 
     /// The rule's comment says what it does, so a changed `randomizeSNAT` is seen.
     fn rule_tag(&self) -> String {
+        let (plugin, ip, group) =
+            if self.v6() { ("egress-v6", "ip6", "ff00::/8") } else { ("egress-v4", "ip", "224.0.0.0/4") };
         format!(
-            "cni-chain: egress-v4 ip saddr @{} ip daddr != 224.0.0.0/4 snat to {}{}",
+            "cni-chain: {plugin} {ip} saddr @{} {ip} daddr != {group} snat to {}{}",
             self.name(),
             self.node_ip,
             self.ports.nft_words()
@@ -35,26 +48,23 @@ impl Snat<'_> {
     }
 
     fn rule(&self) -> Rule {
-        Rule::new()
-            .saddr_in(false, &self.name())
-            .daddr_not_in(multicast(false))
-            .snat(IpAddr::V4(self.node_ip), self.ports)
+        Rule::new().saddr_in(self.v6(), &self.name()).daddr_not_in(multicast(self.v6())).snat(self.node_ip, self.ports)
     }
 
     /// SNAT `pod_ip` of attachment `tag`. One batch: the structure (created if missing, rule rewritten so
     /// concurrent ADDs converge), any stale element for the same address, and the new element.
-    pub fn add(&self, nft: &mut Nft, tag: &str, pod_ip: Ipv4Addr) -> Result<()> {
+    pub fn add(&self, nft: &mut Nft, tag: &str, pod_ip: IpAddr) -> Result<()> {
         check_tag(tag)?;
         let name = self.name();
-        let key = IpAddr::V4(pod_ip);
+        let key = pod_ip;
         let mut b = Batch::new();
         b.add_table(self.table)
-            .add_set(self.table, &name, false)
+            .add_set(self.table, &name, self.v6())
             .add_nat_postrouting_chain(self.table, &name)
             .flush_chain(self.table, &name)
             .add_rule(self.table, &name, self.rule(), &self.rule_tag());
         // The address may still be held by an attachment that leaked (crash) or under an older node address.
-        for (set, elements) in egress_sets(nft, self.table)? {
+        for (set, elements) in egress_sets(nft, self.table, self.v6())? {
             if elements.iter().any(|e| e.key == key && (set != name || e.comment.as_deref() != Some(tag))) {
                 b.delete_elements(self.table, &set, &[key]);
             }
@@ -63,7 +73,7 @@ impl Snat<'_> {
         nft.apply(&b, "adding the pod's egress SNAT")
     }
 
-    pub fn check(&self, nft: &mut Nft, tag: &str, pod_ip: Ipv4Addr) -> Result<()> {
+    pub fn check(&self, nft: &mut Nft, tag: &str, pod_ip: IpAddr) -> Result<()> {
         let name = self.name();
         let rules = nft.rules(self.table, &name)?;
         if rules.len() != 1 || rules[0].comment.as_deref() != Some(self.rule_tag().as_str()) {
@@ -74,17 +84,17 @@ impl Snat<'_> {
             )));
         }
         let elements = nft.elements(self.table, &name)?;
-        if !elements.iter().any(|e| e.key == IpAddr::V4(pod_ip) && e.comment.as_deref() == Some(tag)) {
+        if !elements.iter().any(|e| e.key == pod_ip && e.comment.as_deref() == Some(tag)) {
             return Err(CniError::CheckFailed(format!("{pod_ip} is not in set {name} of table inet {}", self.table)));
         }
         Ok(())
     }
 }
 
-/// Our sets in `table` with their elements.
-fn egress_sets(nft: &mut Nft, table: &str) -> Result<Vec<(String, Vec<Element>)>> {
+/// The family's sets in `table` with their elements.
+fn egress_sets(nft: &mut Nft, table: &str, v6: bool) -> Result<Vec<(String, Vec<Element>)>> {
     let mut out = Vec::new();
-    for set in nft.sets(table)?.into_iter().filter(|s| s.starts_with(PREFIX)) {
+    for set in nft.sets(table)?.into_iter().filter(|s| s.starts_with(prefix(v6))) {
         let elements = nft.elements(table, &set)?;
         out.push((set, elements));
     }
@@ -92,17 +102,17 @@ fn egress_sets(nft: &mut Nft, table: &str) -> Result<Vec<(String, Vec<Element>)>
 }
 
 /// DEL: the attachment's element goes, in whichever node address's set it is.
-pub fn del(nft: &mut Nft, table: &str, tag: &str) -> Result<()> {
-    remove_where(nft, table, |c| c == tag).map(|_| ())
+pub fn del(nft: &mut Nft, table: &str, v6: bool, tag: &str) -> Result<()> {
+    remove_where(nft, table, v6, |c| c == tag).map(|_| ())
 }
 
 /// GC: elements with our `prefix` whose attachment `is_valid` does not accept go.
-pub fn gc(nft: &mut Nft, table: &str, prefix: &str, is_valid: impl Fn(&str) -> bool) -> Result<usize> {
-    remove_where(nft, table, |c| c.starts_with(prefix) && !is_valid(c))
+pub fn gc(nft: &mut Nft, table: &str, v6: bool, prefix: &str, is_valid: impl Fn(&str) -> bool) -> Result<usize> {
+    remove_where(nft, table, v6, |c| c.starts_with(prefix) && !is_valid(c))
 }
 
-fn remove_where(nft: &mut Nft, table: &str, drop: impl Fn(&str) -> bool) -> Result<usize> {
-    let sets = egress_sets(nft, table)?;
+fn remove_where(nft: &mut Nft, table: &str, v6: bool, drop: impl Fn(&str) -> bool) -> Result<usize> {
+    let sets = egress_sets(nft, table, v6)?;
     if sets.is_empty() {
         return Ok(0);
     }
@@ -134,7 +144,7 @@ mod tests {
 
     #[test]
     fn names_and_rule_comment() {
-        let s = Snat { table: "t", node_ip: Ipv4Addr::new(192, 0, 2, 1), ports: PortSelection::FullyRandom };
+        let s = Snat { table: "t", node_ip: "192.0.2.1".parse().unwrap(), ports: PortSelection::FullyRandom };
         assert_eq!(s.name(), "egress_v4_192_0_2_1");
         assert_eq!(
             s.rule_tag(),
@@ -142,5 +152,11 @@ mod tests {
         );
         let keep = Snat { ports: PortSelection::Keep, ..s.clone() };
         assert!(keep.rule_tag().ends_with("snat to 192.0.2.1"));
+        let v6 = Snat { node_ip: "2001:db8::1".parse().unwrap(), ..s };
+        assert_eq!(v6.name(), "egress_v6_2001_db8__1");
+        assert_eq!(
+            v6.rule_tag(),
+            "cni-chain: egress-v6 ip6 saddr @egress_v6_2001_db8__1 ip6 daddr != ff00::/8 snat to 2001:db8::1 fully-random"
+        );
     }
 }
