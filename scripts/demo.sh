@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # The main job, end to end in throwaway namespaces: a "node" netns running the chain
-# ptp -> linkgroup -> masquerade for two dual-stack pods, and ptp -> egress-v4 for an IPv6-only pod, with
-# addresses from our host-local, and an "outside" host behind the node's uplink. Shows the kernel state,
-# pod-to-pod traffic, masqueraded egress and the IPv6 pod's IPv4 egress as the outside host sees them, then
-# removes everything (also on failure). The machine's own network is not touched.
+# ptp -> linkgroup -> masquerade for two dual-stack pods, ptp -> egress-v4 for an IPv6-only pod and its mirror
+# image ptp -> egress-v6 for an IPv4-only pod, with addresses from our host-local, and an "outside" host behind
+# the node's uplink. Shows the kernel state, pod-to-pod traffic, masqueraded egress and each single-stack pod's
+# egress in the other family as the outside host sees them, then removes everything (also on failure). The
+# machine's own network is not touched.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 tag="demo$$"
-node="$tag-node"; outside="$tag-out"; pods=("$tag-pod1" "$tag-pod2" "$tag-pod3")
+node="$tag-node"; outside="$tag-out"; pods=("$tag-pod1" "$tag-pod2" "$tag-pod3" "$tag-pod4")
 data=$(mktemp -d)
 bin="$PWD/target/release"
 
@@ -34,7 +35,15 @@ demo6_plugins=(
   '"type":"egress-v4","mtu":1400,"ipam":{"type":"host-local","dataDir":"'"$data"'/egress",
      "ranges":[[{"subnet":"169.254.172.0/22"}]],"routes":[{"dst":"0.0.0.0/0"}]}'
 )
-use_chain() { # demo|demo6
+# IPv4-only pods; egress-v6's unique-local addresses live in a store of their own.
+demo4_types=(ptp egress-v6)
+demo4_plugins=(
+  '"type":"ptp","mtu":1400,"ipam":{"type":"host-local","dataDir":"'"$data"'",
+     "ranges":[[{"subnet":"10.91.0.0/24"}]],"routes":[{"dst":"0.0.0.0/0"}]}'
+  '"type":"egress-v6","mtu":1400,"ipam":{"type":"host-local","dataDir":"'"$data"'/egress6",
+     "ranges":[[{"subnet":"fd00::ac:00/118"}]],"routes":[{"dst":"::/0"}]}'
+)
+use_chain() { # demo|demo6|demo4
     local t="$1_types[@]" p="$1_plugins[@]"
     net=$1; types=("${!t}"); plugins=("${!p}")
 }
@@ -68,8 +77,9 @@ ip -n "$node" link add uplink type veth peer name eth0 netns "$outside"
 ip -n "$node" addr add 192.0.2.1/24 dev uplink; ip -n "$node" addr add 2001:db8::1/64 dev uplink nodad
 ip -n "$outside" addr add 192.0.2.2/24 dev eth0; ip -n "$outside" addr add 2001:db8::2/64 dev eth0 nodad
 ip -n "$node" link set uplink up; ip -n "$outside" link set eth0 up
-# The node's IPv4 default route (egress-v4 takes nodeIP from it); the IPv6 pods are routed back.
+# The node's default routes (egress-v4 and egress-v6 take nodeIP from them); the IPv6 pods are routed back.
 ip -n "$node" route add default via 192.0.2.2
+ip -n "$node" -6 route add default via 2001:db8::2
 ip -n "$outside" -6 route add fd90::/64 via 2001:db8::1
 
 # Listen on the outside host's port 8080 for one connection and say where it came from. Returns once the socket
@@ -131,7 +141,7 @@ ip -n "${pods[2]}" addr show | grep -E '^[0-9]+:|inet'
 ip -n "${pods[2]}" route
 
 step "node: nftables (egress-v4): pod3's address in the set for the node's address, one SNAT rule"
-ip netns exec "$node" nft list table inet cni_chain | sed -n '/egress_v4/,$p'
+ip netns exec "$node" nft list table inet cni_chain | sed -n '/\(set\|chain\) egress_v4/,/^\t}/p'
 
 step "egress: IPv6-only pod3 reaches the IPv4 host 192.0.2.2, which sees the node's address"
 listen_outside
@@ -146,6 +156,28 @@ step "DEL pod3; egress-v4 removes its veth, set element and link-local address"
 chain_del c3 "${pods[2]}" "${results[2]}"
 echo "egress veths left: $(ip -n "$node" -o link show type veth | grep -c egress || true)"
 echo "link-local addresses still reserved: $(find "$data/egress" -name '169.*' | wc -l)"
+
+use_chain demo4
+step "ADD: ptp (IPv4 only) -> egress-v6 for pod4, the mirror image: the result's ips stay IPv4"
+results[3]=$(chain_add c4 "${pods[3]}")
+echo "pod4 result: ${results[3]}"
+
+step "pod4: eth0 (IPv4; its IPv6 switched off) and v6if0 (unique-local IPv6, routed through the node's fe80::1)"
+ip -n "${pods[3]}" addr show | grep -E '^[0-9]+:|inet'
+ip -n "${pods[3]}" -6 route
+
+step "node: nftables (egress-v6): pod4's address in the set for the node's IPv6 address, one SNAT rule"
+ip netns exec "$node" nft list table inet cni_chain | sed -n '/\(set\|chain\) egress_v6/,/^\t}/p'
+
+step "egress: IPv4-only pod4 reaches the IPv6 host 2001:db8::2, which sees the node's address"
+listen_outside
+ip netns exec "${pods[3]}" bash -c 'exec 3<>/dev/tcp/2001:db8::2/8080' && echo "pod4: connected over IPv6"
+outside_saw
+
+step "DEL pod4; egress-v6 removes its veth, set element and unique-local address"
+chain_del c4 "${pods[3]}" "${results[3]}"
+echo "egress veths left: $(ip -n "$node" -o link show type veth | grep -c egress || true)"
+echo "unique-local addresses still reserved: $(find "$data/egress6" -name 'fd00*' | wc -l)"
 use_chain demo
 
 step "host-local's store (the reference's format): one file per address, holding containerID and ifname"
@@ -161,8 +193,8 @@ done
 echo "veths left in the node: $(ip -n "$node" -o link show group 8 | wc -l)"
 echo "addresses still reserved: $(find "$data" -name '10.*' -o -name 'fd88*' | wc -l)"
 
-step "GC of both networks with no pods left: our nftables table goes"
-for chain in demo demo6; do
+step "GC of the three networks with no pods left: our nftables table goes"
+for chain in demo demo6 demo4; do
     use_chain "$chain"
     for i in "${!types[@]}"; do
         config "$i" | sed 's/}$/,"cni.dev\/valid-attachments":[]}/' | ip netns exec "$node" env CNI_COMMAND=GC \

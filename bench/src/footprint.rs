@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-pub const OURS: [&str; 6] = ["ptp", "host-local", "linkgroup", "masquerade", "egress-v4", "policy-route"];
+pub const OURS: [&str; 7] = ["ptp", "host-local", "linkgroup", "masquerade", "egress-v4", "egress-v6", "policy-route"];
 pub const REFERENCE: [&str; 3] = ["ptp", "host-local", "portmap"];
 
 /// Size in bytes of `binary` after `strip` (Debian's reference binaries are shipped stripped).

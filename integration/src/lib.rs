@@ -26,6 +26,9 @@ pub fn bin_dir() -> PathBuf {
 /// Debian's reference plugins (package containernetworking-plugins).
 pub const REFERENCE_DIR: &str = "/usr/lib/cni";
 
+/// Our plugins, as `make build` (the Makefile's PLUGINS) builds and `make release` ships them.
+pub const OURS: [&str; 7] = ["ptp", "host-local", "linkgroup", "masquerade", "egress-v4", "egress-v6", "policy-route"];
+
 /// CNI_PATH for tests: ours first, then the reference plugins.
 pub fn cni_path() -> String {
     format!("{}:{REFERENCE_DIR}", bin_dir().display())

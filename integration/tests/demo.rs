@@ -54,6 +54,8 @@ fn the_demo_passes_run_after_run_with_the_cpus_busy() {
             "pod3: connected over IPv6",
             "outside host: connection from 192.0.2.1",
             "outside host: connection from fd90::",
+            "pod4: connected over IPv6",
+            "outside host: connection from 2001:db8::1",
             "veths left in the node: 0",
             "addresses still reserved: 0",
             "nftables tables in the node: 0",

@@ -12,8 +12,6 @@ use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-const PLUGINS: [&str; 6] = ["egress-v4", "host-local", "linkgroup", "masquerade", "policy-route", "ptp"];
-
 fn image() -> String {
     format!("localhost/cni-chain:v{}", env!("CARGO_PKG_VERSION"))
 }
@@ -137,14 +135,14 @@ fn the_install_image_puts_the_plugins_in_place_and_an_upgrade_never_breaks_a_run
 
     let said = install_into(&jail, &node, &host);
     assert!(said.contains("installed /host/opt/cni/bin/ptp"), "{said}");
-    let mut expected: Vec<String> = PLUGINS.iter().map(|p| p.to_string()).chain(["bridge".into()]).collect();
+    let mut expected: Vec<String> = integration::OURS.iter().map(|p| p.to_string()).chain(["bridge".into()]).collect();
     expected.sort();
     assert_eq!(file_names(&host.join("opt/cni/bin")), expected, "plugins in place, no temporary file left");
     assert_eq!(file_names(&host.join("etc/cni/cni-chain")), ["cni-conf-template.json"]);
     let shipped =
         std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/containerd/cni-conf-template.json"));
     assert_eq!(std::fs::read(host.join("etc/cni/cni-chain/cni-conf-template.json")).unwrap(), shipped.unwrap());
-    for plugin in PLUGINS {
+    for plugin in integration::OURS {
         let path = host.join("opt/cni/bin").join(plugin);
         assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o755);
         let out = Command::new(&path).arg("--version").output().unwrap();

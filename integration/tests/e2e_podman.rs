@@ -144,6 +144,29 @@ fn podman_ipv6_container_with_egress_v4() {
 }
 
 #[test]
+fn podman_ipv4_container_with_egress_v6() {
+    let p = Podman::new("35-cni-chain-egress-v6.conflist");
+    p.node.ip(&["route", "add", "default", "via", "192.0.2.2"]);
+    p.node.ip(&["-6", "route", "add", "default", "via", "2001:db8::2"]);
+    p.outside.ip(&["route", "add", "10.91.0.0/16", "via", "192.0.2.1"]);
+    let net = "cni-chain-v4";
+    p.start("c4", net);
+    let c4 = p.address("c4", net, false);
+    assert!(c4.starts_with("10.91."), "{c4}");
+    assert_eq!(p.address("c4", net, true), "", "the unique-local address is not the container's IPv6 address");
+    assert_eq!(p.seen_outside("c4", "2001:db8::2"), Some(ip("2001:db8::1")), "IPv6 egress as the node");
+    assert_eq!(p.seen_outside("c4", "192.0.2.2"), Some(ip(&c4)), "IPv4 keeps the container's address");
+    let elements = p.node.nft_elements("egress_v6_2001_db8__1");
+    assert_eq!(elements.len(), 1, "{elements:?}");
+
+    p.ok(&["rm", "--force", "--time", "0", "c4"]);
+    assert_eq!(p.pod_veths(), Vec::<String>::new());
+    assert!(!p.node.nft(&["list", "tables"]).contains("cni_chain"), "the last pod took the table with it");
+    assert_eq!(p.reservations("cni/networks/cni-chain-v4"), Vec::<String>::new());
+    assert_eq!(p.reservations("cni/egress-v6/cni-chain-v4"), Vec::<String>::new());
+}
+
+#[test]
 fn podman_container_leaves_through_the_secondary_uplink_with_policy_route() {
     let (node, outside1, outside2) = node_with_two_uplinks();
     let p = Podman::on("50-cni-chain-policy-route.conflist", node, outside2, vec![outside1]);

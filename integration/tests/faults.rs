@@ -34,7 +34,9 @@ impl Rng {
 /// every pod has nftables elements of its own.
 fn chains(stores: &Path) -> Vec<Chain> {
     let mut out = Vec::new();
-    for name in ["20-cni-chain-masquerade.conflist", "30-cni-chain-egress-v4.conflist"] {
+    for name in
+        ["20-cni-chain-masquerade.conflist", "30-cni-chain-egress-v4.conflist", "35-cni-chain-egress-v6.conflist"]
+    {
         let mut chain = Chain::shipped_in(name, stores);
         for i in 0..chain.plugins() {
             if chain.kind(i) == "masquerade" {
@@ -165,6 +167,7 @@ fn assert_nothing_left(node: &Netns, stores: &Path, context: &str) {
         "masq_group_8_v4",
         "masq_group_8_v6",
         "egress_v4_192_0_2_1",
+        "egress_v6_2001_db8__1",
     ] {
         assert!(node.nft_elements(set).is_empty(), "{context}: elements left in {set}");
     }
@@ -180,6 +183,7 @@ fn assert_nothing_left(node: &Netns, stores: &Path, context: &str) {
 fn sigkill_at_random_moments_of_add_then_del_and_gc_leave_nothing() {
     let (node, _outside) = node_with_uplink();
     node.ip(&["route", "add", "default", "via", "192.0.2.2"]);
+    node.ip(&["-6", "route", "add", "default", "via", "2001:db8::2"]);
     let stores = TempDir::new("faults");
     let chains = chains(stores.path());
     let windows: Vec<Vec<Duration>> = chains.iter().map(|c| add_durations(c, &node)).collect();
@@ -203,7 +207,8 @@ fn sigkill_at_random_moments_of_add_then_del_and_gc_leave_nothing() {
         // The runtime saw ADD fail: DEL with no prevResult, then GC with nothing valid.
         chain.del(&node, &id, pod.path(), None);
         chain.gc(&node, &[]);
-        assert!(pod.link("eth0").is_none() && pod.link("v4if0").is_none(), "{context}: pod interfaces left");
+        let left = ["eth0", "v4if0", "v6if0"].into_iter().filter(|i| pod.link(i).is_some()).collect::<Vec<_>>();
+        assert!(left.is_empty(), "{context}: pod interfaces left: {left:?}");
         assert_nothing_left(&node, stores.path(), &context);
     }
     assert_enough_landed(landed, runs);
@@ -244,11 +249,13 @@ fn impostor_chain(node: &Netns, chain: &str) {
 fn nftables_refusing_rolls_back_the_whole_add() {
     let (node, _outside) = node_with_uplink();
     node.ip(&["route", "add", "default", "via", "192.0.2.2"]);
+    node.ip(&["-6", "route", "add", "default", "via", "2001:db8::2"]);
     let stores = TempDir::new("faults-nft");
     let pod = Netns::new();
     impostor_chain(&node, "masq_pods");
     impostor_chain(&node, "ptp_masq");
     impostor_chain(&node, "egress_v4_192_0_2_1");
+    impostor_chain(&node, "egress_v6_2001_db8__1");
     // ptp turns forwarding on (and the kernel adds anycast routes): that is meant to stay.
     for key in ["net.ipv4.ip_forward", "net.ipv6.conf.all.forwarding"] {
         assert!(node.command("sysctl").args(["-qw", &format!("{key}=1")]).status().unwrap().success());
@@ -263,7 +270,7 @@ fn nftables_refusing_rolls_back_the_whole_add() {
     Call::new("ptp", "ADD", "refused", pod.path()).run(&node, &serde_json::to_vec(&ptp).unwrap()).err(108);
     assert_nothing_left(&node, stores.path(), "ptp ipMasq");
 
-    // The masquerade and egress-v4 chains: the failing plugin undoes its own part; the runtime's DEL the rest.
+    // The masquerade and egress chains: the failing plugin undoes its own part; the runtime's DEL the rest.
     // (policy-route's nftables are in a table of its own: its failed ADD is in tests/policy_route.rs.)
     for chain in chains(stores.path()).into_iter().filter(|c| c.kind(c.plugins() - 1) != "policy-route") {
         let last = chain.plugins() - 1;
@@ -271,9 +278,9 @@ fn nftables_refusing_rolls_back_the_whole_add() {
         let kind = chain.kind(last);
         let conf = serde_json::to_vec(&chain.config(last, prev.as_ref())).unwrap();
         Call::new(&kind, "ADD", "refused", pod.path()).run(&node, &conf).err(108);
-        if kind == "egress-v4" {
-            assert!(pod.link("v4if0").is_none(), "egress-v4 left its pod interface");
-            assert_eq!(node.veths().len(), 2, "egress-v4 left its host veth");
+        if let Some(egress_if) = [("egress-v4", "v4if0"), ("egress-v6", "v6if0")].iter().find(|(k, _)| *k == kind) {
+            assert!(pod.link(egress_if.1).is_none(), "{kind} left its pod interface");
+            assert_eq!(node.veths().len(), 2, "{kind} left its host veth");
         }
         chain.del(&node, "refused", pod.path(), None);
         assert_nothing_left(&node, stores.path(), &kind);

@@ -83,14 +83,16 @@ fn a_hundred_concurrent_adds_and_dels_across_two_networks_end_with_no_table() {
 fn a_repeated_add_keeps_the_live_pods_address() {
     let (node, _outside) = node_with_uplink();
     node.ip(&["route", "add", "default", "via", "192.0.2.2"]);
+    node.ip(&["-6", "route", "add", "default", "via", "2001:db8::2"]);
     let stores = TempDir::new("field-again");
-    for conflist in ["10-cni-chain-ptp.conflist", "30-cni-chain-egress-v4.conflist"] {
+    for conflist in ["10-cni-chain-ptp.conflist", "30-cni-chain-egress-v4.conflist", "35-cni-chain-egress-v6.conflist"]
+    {
         let chain = Chain::shipped_in(conflist, stores.path());
         let last = chain.plugins() - 1;
         let pod = Netns::new();
         let r = chain.add(&node, "again", pod.path());
         let held = reservations(stores.path());
-        // The runtime repeats the last plugin's ADD (ptp's or egress-v4's), as after a lost reply.
+        // The runtime repeats the last plugin's ADD (ptp's or an egress plugin's), as after a lost reply.
         let first_prev = (last > 0).then(|| ptp_result_of(&r));
         let conf = serde_json::to_vec(&chain.config(last, first_prev.as_ref())).unwrap();
         let msg = Call::new(&chain.kind(last), "ADD", "again", pod.path()).run(&node, &conf).err(109);
@@ -108,7 +110,7 @@ fn a_repeated_add_keeps_the_live_pods_address() {
     assert!(reservations(stores.path()).is_empty());
 }
 
-/// The egress-v4 chain's result without egress-v4's interfaces: what ptp returned.
+/// An egress chain's result without the egress plugin's interfaces: what ptp returned.
 fn ptp_result_of(r: &Value) -> Value {
     let mut p = r.clone();
     p["interfaces"].as_array_mut().unwrap().truncate(2);
@@ -156,6 +158,15 @@ fn del_with_a_config_add_would_refuse_leaves_nothing() {
     egress.list["plugins"][1]["nodeIP"] = json!("not-an-ip");
     egress.list["plugins"][1]["mtu"] = json!("x");
     egress.del(&node, "typo6", v6pod.path(), Some(&r6));
+    // egress-v6 too.
+    node.ip(&["-6", "route", "add", "default", "via", "2001:db8::2"]);
+    let mut egress6 = Chain::shipped_in("35-cni-chain-egress-v6.conflist", stores.path());
+    let v4pod = Netns::new();
+    let r4 = egress6.add(&node, "typo4", v4pod.path());
+    egress6.list["plugins"][1]["randomizeSNAT"] = json!("sometimes");
+    egress6.list["plugins"][1]["nodeIP"] = json!("192.0.2.1");
+    egress6.list["plugins"][1]["mtu"] = json!(1000);
+    egress6.del(&node, "typo4", v4pod.path(), Some(&r4));
     let veths: Vec<String> = node.veths().into_iter().filter(|v| v != "uplink").collect();
     assert!(veths.is_empty(), "{veths:?}");
     assert!(reservations(stores.path()).is_empty());
@@ -263,12 +274,10 @@ fn linkgroup_after_a_bridge_groups_the_bridge_and_egress_is_masqueraded() {
     assert!(reservations(stores.path()).is_empty());
 }
 
-const OURS: [&str; 6] = ["ptp", "host-local", "linkgroup", "masquerade", "egress-v4", "policy-route"];
-
 /// Point 6: run by hand, every binary says what it is and how it is meant to be run.
 #[test]
 fn every_binary_answers_version_and_help_by_hand() {
-    for plugin in OURS {
+    for plugin in integration::OURS {
         let bin = integration::plugin_path(plugin);
         let out = std::process::Command::new(&bin).arg("--version").env_clear().output().unwrap();
         let text = String::from_utf8_lossy(&out.stdout);

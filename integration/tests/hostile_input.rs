@@ -208,6 +208,7 @@ const CASES: &[Case] = &[
 fn bad_input_to_every_plugin_and_verb_gets_its_code_and_changes_nothing() {
     let (node, _outside) = node_with_uplink();
     node.ip(&["route", "add", "default", "via", "192.0.2.2"]);
+    node.ip(&["-6", "route", "add", "default", "via", "2001:db8::2"]);
     node.add_foreign_state();
     let stores = TempDir::new("hostile");
     let junk = TempDir::new("hostile-junk");
@@ -218,6 +219,7 @@ fn bad_input_to_every_plugin_and_verb_gets_its_code_and_changes_nothing() {
 
     let masq = Live::new(&node, stores.path(), "20-cni-chain-masquerade.conflist", "live-masq");
     let v6 = Live::new(&node, stores.path(), "30-cni-chain-egress-v4.conflist", "live-v6");
+    let v4 = Live::new(&node, stores.path(), "35-cni-chain-egress-v6.conflist", "live-v4");
     // The policy-route conflist, pointed at this node's one uplink and at a store of the test's.
     let mut policy = Chain::shipped_in("50-cni-chain-policy-route.conflist", stores.path());
     for (key, value) in [
@@ -230,12 +232,12 @@ fn bad_input_to_every_plugin_and_verb_gets_its_code_and_changes_nothing() {
         policy.overrides.push((1, key.into(), value));
     }
     let routed = Live::with(&node, policy, "live-routed");
-    let attachments = [(masq.id, "eth0"), (v6.id, "eth0"), (routed.id, "eth0")];
+    let attachments = [(masq.id, "eth0"), (v6.id, "eth0"), (v4.id, "eth0"), (routed.id, "eth0")];
     let snapshot = || {
-        let pods = [masq.pod.state(), v6.pod.state(), routed.pod.state()].join("\n");
+        let pods = [masq.pod.state(), v6.pod.state(), v4.pod.state(), routed.pod.state()].join("\n");
         [node.state(), pods, tree_state(stores.path()), tree_state(junk.path())].join("\n")
     };
-    for ns in [&node, &masq.pod, &v6.pod, &routed.pod] {
+    for ns in [&node, &masq.pod, &v6.pod, &v4.pod, &routed.pod] {
         ns.settled_state();
     }
     let before = snapshot();
@@ -247,6 +249,7 @@ fn bad_input_to_every_plugin_and_verb_gets_its_code_and_changes_nothing() {
         ("linkgroup", false, &masq, 1),
         ("masquerade", false, &masq, 2),
         ("egress-v4", true, &v6, 1),
+        ("egress-v6", true, &v4, 1),
         ("policy-route", false, &routed, 1),
     ];
     let mut calls = 0;
@@ -304,7 +307,7 @@ fn bad_input_to_every_plugin_and_verb_gets_its_code_and_changes_nothing() {
     assert!(calls > 250, "only {calls} bad calls ran");
 
     // The live attachments still work, and leave nothing when deleted.
-    for live in [&masq, &v6, &routed] {
+    for live in [&masq, &v6, &v4, &routed] {
         assert!(live.chain.check(&node, live.id, live.pod.path(), &live.result).iter().all(|r| r.success));
         live.chain.del(&node, live.id, live.pod.path(), Some(&live.result));
     }

@@ -16,6 +16,7 @@ fn mode(path: &std::path::Path) -> u32 {
 fn foreign_state_is_untouched_and_ours_is_gone_after_del_and_gc() {
     let (node, _outside) = node_with_uplink();
     node.ip(&["route", "add", "default", "via", "192.0.2.2"]);
+    node.ip(&["-6", "route", "add", "default", "via", "2001:db8::2"]);
     node.add_foreign_state();
     // ptp turns forwarding on (and the kernel adds anycast routes): that is meant to stay.
     for key in ["net.ipv4.ip_forward", "net.ipv6.conf.all.forwarding"] {
@@ -29,7 +30,12 @@ fn foreign_state_is_untouched_and_ours_is_gone_after_del_and_gc() {
     let before = node.settled_state();
 
     let mut chains = Vec::new();
-    for name in ["10-cni-chain-ptp.conflist", "20-cni-chain-masquerade.conflist", "30-cni-chain-egress-v4.conflist"] {
+    for name in [
+        "10-cni-chain-ptp.conflist",
+        "20-cni-chain-masquerade.conflist",
+        "30-cni-chain-egress-v4.conflist",
+        "35-cni-chain-egress-v6.conflist",
+    ] {
         let mut chain = Chain::shipped_in(name, stores.path());
         for i in 0..chain.plugins() {
             let plugin = &mut chain.list["plugins"][i];

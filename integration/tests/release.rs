@@ -7,8 +7,6 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const PLUGINS: [&str; 6] = ["ptp", "host-local", "linkgroup", "masquerade", "egress-v4", "policy-route"];
-
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..").canonicalize().unwrap()
 }
@@ -44,7 +42,7 @@ fn the_release_tarball_holds_static_stripped_plugins_the_conflists_and_the_licen
     unpacked_release(dir.path());
     let mut names = dir.files("");
     names.sort();
-    let mut expected: Vec<String> = PLUGINS.iter().map(|p| p.to_string()).collect();
+    let mut expected: Vec<String> = integration::OURS.iter().map(|p| p.to_string()).collect();
     expected.extend(["LICENSE", "README.md", "conflists"].map(String::from));
     expected.sort();
     assert_eq!(names, expected);
@@ -52,7 +50,7 @@ fn the_release_tarball_holds_static_stripped_plugins_the_conflists_and_the_licen
     assert_eq!(dir.files("conflists").len(), shipped);
     assert!(std::fs::read_to_string(dir.path().join("LICENSE")).unwrap().contains("Apache License"));
 
-    for plugin in PLUGINS {
+    for plugin in integration::OURS {
         let bin = dir.path().join(plugin);
         let headers = run(Command::new("readelf").args(["--program-headers", "--wide"]).arg(&bin));
         assert!(!headers.contains("INTERP"), "{plugin} asks for a dynamic loader:\n{headers}");
@@ -90,7 +88,7 @@ fn in_an_empty_root(bin: &Path, args: &[&str], stdin: &str) -> std::process::Out
 fn each_released_plugin_runs_in_an_empty_root() {
     let dir = TempDir::new("release");
     unpacked_release(dir.path());
-    for plugin in PLUGINS {
+    for plugin in integration::OURS {
         let bin = dir.path().join(plugin);
         let version = in_an_empty_root(&bin, &["--version"], "");
         let said = String::from_utf8_lossy(&version.stdout);
@@ -120,10 +118,10 @@ fn make_uninstall_removes_exactly_what_make_install_wrote() {
     make("install");
     let mut installed = dest.files("opt/cni/bin");
     installed.sort();
-    let mut expected: Vec<String> = PLUGINS.iter().map(|p| p.to_string()).chain(["bridge".into()]).collect();
+    let mut expected: Vec<String> = integration::OURS.iter().map(|p| p.to_string()).chain(["bridge".into()]).collect();
     expected.sort();
     assert_eq!(installed, expected, "install wrote something else (a temporary file left?)");
-    for plugin in PLUGINS {
+    for plugin in integration::OURS {
         let said = run(Command::new(bin_dir.join(plugin)).arg("--version"));
         assert!(said.starts_with(plugin), "{said}");
     }
