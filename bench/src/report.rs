@@ -121,7 +121,7 @@ impl Report<'_> {
         }
         let _ = writeln!(md, "\n![ADD and DEL latency against live pods](growth.png)\n");
         let _ = writeln!(md, "## Footprint\n");
-        let _ = writeln!(md, "Peak RSS over one ADD and DEL, measured under static busybox's `time` (ptp's includes the host-local it runs; host-local's own is measured alone; egress-v4 is in none of these chains). Sizes are after `strip`.\n");
+        let _ = writeln!(md, "Peak RSS over one ADD and DEL, measured under static busybox's `time` (ptp's includes the host-local it runs; host-local's own is measured alone; egress-v4 and egress-v6 are in none of these chains). Sizes are after `strip`.\n");
         let _ = writeln!(md, "| plugin | peak RSS (KiB) | stripped size (KiB) |\n|---|---|---|");
         for (name, size) in &self.sizes {
             let rss = self.rss.get(name).map_or("-".into(), |r| r.to_string());

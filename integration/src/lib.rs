@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 
+pub mod egress;
 pub mod runtimes;
 
 /// Where the plugins under test are: `target/release` of this workspace.
