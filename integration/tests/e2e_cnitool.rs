@@ -113,6 +113,27 @@ fn cnitool_ipv6_pod_with_egress_v4() {
 }
 
 #[test]
+fn cnitool_ipv4_pod_with_egress_v6() {
+    let s = site("35-cni-chain-egress-v6.conflist");
+    s.node.ip(&["route", "add", "default", "via", "192.0.2.2"]);
+    s.node.ip(&["-6", "route", "add", "default", "via", "2001:db8::2"]);
+    s.outside.ip(&["route", "add", "10.91.0.0/16", "via", "192.0.2.1"]);
+    let net = "cni-chain-v4";
+    let pod = Netns::new();
+    let result: Value = serde_json::from_str(&s.ok("add", net, &pod, None)).unwrap();
+    assert_eq!(result["ips"].as_array().unwrap().len(), 1, "{result}");
+    assert_eq!(result["interfaces"].as_array().unwrap().len(), 4, "{result}");
+    let pod_v4 = result["ips"][0]["address"].as_str().unwrap().split('/').next().unwrap().to_string();
+    assert_eq!(s.outside.peer_of(&pod, "2001:db8::2"), Some(ip("2001:db8::1")), "IPv6 egress as the node");
+    assert_eq!(s.outside.peer_of(&pod, "192.0.2.2"), Some(ip(&pod_v4)), "IPv4 keeps the pod's address");
+    s.ok("check", net, &pod, None);
+    s.ok("del", net, &pod, None);
+    assert!(s.node.veths().iter().all(|v| v == "uplink"), "{:?}", s.node.veths());
+    assert!(!s.node.nft(&["list", "tables"]).contains("cni_chain"));
+    assert_eq!(s.var_lib.files("cni/egress-v6/cni-chain-v4").into_iter().filter(|f| f.starts_with("fd00")).count(), 0);
+}
+
+#[test]
 fn cnitool_passes_port_mappings_and_bandwidth_as_capabilities() {
     let s = site("40-cni-chain-portmap-bandwidth.conflist");
     let net = "cni-chain-ports";
