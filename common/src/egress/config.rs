@@ -123,15 +123,23 @@ fn usable_node_ip(family: &Family, ip: IpAddr) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::super::V4;
+    use super::super::{V4, V6};
     use super::*;
     use std::net::Ipv4Addr;
 
-    fn parse(json: &str) -> Result<Settings> {
+    fn parse_as(family: &Family, json: &str) -> Result<Settings> {
         crate::gojson::from_slice::<EgressConf>(json.as_bytes())
             .map_err(|e| CniError::Decode(e.to_string()))?
             .0
-            .settings(&V4)
+            .settings(family)
+    }
+
+    fn parse(json: &str) -> Result<Settings> {
+        parse_as(&V4, json)
+    }
+
+    fn parse6(json: &str) -> Result<Settings> {
+        parse_as(&V6, json)
     }
 
     #[test]
@@ -178,23 +186,10 @@ mod tests {
         assert_eq!(parse(r#"{"enabled": 1}"#).unwrap_err().code(), 6);
         assert_eq!(parse(r#"{"mtu": "big"}"#).unwrap_err().code(), 6);
     }
-}
-
-#[cfg(test)]
-mod v6_tests {
-    use super::super::{V4, V6};
-    use super::*;
-
-    fn parse(json: &str) -> Result<Settings> {
-        crate::gojson::from_slice::<EgressConf>(json.as_bytes())
-            .map_err(|e| CniError::Decode(e.to_string()))?
-            .0
-            .settings(&V6)
-    }
 
     #[test]
     fn aws_egress_cni_v6_config_is_accepted() {
-        let s = parse(
+        let s = parse6(
             r#"{"cniVersion":"0.4.0","name":"egress-cni","type":"egress-cni","enabled":"true","mtu":"9001",
             "nodeIP":"2600:1f14:abc:d00::7","randomizeSNAT":"prng","vethPrefix":"eni",
             "ipam":{"type":"host-local","ranges":[[{"subnet":"fd00::ac:00/118"}]],"routes":[{"dst":"::/0"}],
@@ -207,7 +202,7 @@ mod v6_tests {
         assert_eq!(s.node_ip, Some("2600:1f14:abc:d00::7".parse().unwrap()));
         assert_eq!(s.if_name, "v6if0");
         assert_eq!(s.veth_prefix, "eni");
-        assert_eq!(parse("{}").unwrap().veth_prefix, V6.default_veth_prefix);
+        assert_eq!(parse6("{}").unwrap().veth_prefix, V6.default_veth_prefix);
         assert_ne!(V6.default_veth_prefix, V4.default_veth_prefix, "the two never find each other's veths");
     }
 
@@ -220,9 +215,9 @@ mod v6_tests {
             r#"{"nodeIP": "::"}"#,
             r#"{"mtu": 1279}"#,
         ] {
-            assert_eq!(parse(bad).unwrap_err().code(), 7, "{bad}");
+            assert_eq!(parse6(bad).unwrap_err().code(), 7, "{bad}");
         }
-        assert_eq!(parse(r#"{"mtu": 1280}"#).unwrap().mtu, Some(1280));
-        assert_eq!(parse(r#"{"nodeIP": " fd00::1 "}"#).unwrap().node_ip, Some("fd00::1".parse().unwrap()));
+        assert_eq!(parse6(r#"{"mtu": 1280}"#).unwrap().mtu, Some(1280));
+        assert_eq!(parse6(r#"{"nodeIP": " fd00::1 "}"#).unwrap().node_ip, Some("fd00::1".parse().unwrap()));
     }
 }
