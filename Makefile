@@ -4,6 +4,9 @@ SHELL := /bin/bash
 CNI_BIN_DIR ?= /opt/cni/bin
 DESTDIR ?=
 PLUGINS := ptp host-local linkgroup masquerade egress-v4 egress-v6 policy-route
+# The operator's tool is no CNI plugin: it goes on PATH.
+TOOL := cni-chain
+TOOL_BIN_DIR ?= /usr/local/bin
 # Kernel tests make namespaces and processes: keep parallelism modest on small machines.
 TEST_THREADS ?= 4
 APT_PACKAGES := containernetworking-plugins iproute2 iputils-ping nftables iptables python3 gcc libc6-dev curl \
@@ -36,9 +39,9 @@ deps:
 	@cargo fmt --version >/dev/null 2>&1 || rustup component add rustfmt
 	@cargo clippy --version >/dev/null 2>&1 || rustup component add clippy
 
-# Only the plugins: the tests, the bench and the fuzz targets build what else they need.
+# Only the plugins and the tool: the tests, the bench and the fuzz targets build what else they need.
 build:
-	cargo build --release --locked $(PLUGINS:%=-p %)
+	cargo build --release --locked $(PLUGINS:%=-p %) -p $(TOOL)
 
 lint:
 	cargo fmt --check
@@ -94,17 +97,17 @@ demo: deps build
 # Each plugin is written beside its final name, then renamed over it: a runtime executing a plugin meanwhile runs
 # the old one or the new one, never half of one.
 install: deps build
-	install -d $(DESTDIR)$(CNI_BIN_DIR)
-	for p in $(PLUGINS); do \
-		install -m 0755 target/release/$$p $(DESTDIR)$(CNI_BIN_DIR)/.$$p.new && \
-		mv -f $(DESTDIR)$(CNI_BIN_DIR)/.$$p.new $(DESTDIR)$(CNI_BIN_DIR)/$$p || exit 1; \
+	install -d $(DESTDIR)$(CNI_BIN_DIR) $(DESTDIR)$(TOOL_BIN_DIR)
+	for p in $(PLUGINS:%=$(CNI_BIN_DIR)/%) $(TOOL_BIN_DIR)/$(TOOL); do f=$(DESTDIR)$$p; \
+		install -m 0755 target/release/$$(basename $$p) $$(dirname $$f)/.$$(basename $$p).new && \
+		mv -f $$(dirname $$f)/.$$(basename $$p).new $$f || exit 1; \
 	done
 
 # Removes the plugins install wrote: a file of the same name that is not ours (say, a reference plugin put there
 # since) stays.
 uninstall:
-	for p in $(PLUGINS); do f=$(DESTDIR)$(CNI_BIN_DIR)/$$p; \
-		if [ -x "$$f" ] && "$$f" --version 2>/dev/null | head -1 | grep -q "^$$p .*(cni-chain"; then rm -f "$$f"; fi; \
+	for p in $(PLUGINS:%=$(CNI_BIN_DIR)/%) $(TOOL_BIN_DIR)/$(TOOL); do f=$(DESTDIR)$$p; n=$$(basename $$p); \
+		if [ -x "$$f" ] && "$$f" --version 2>/dev/null | head -1 | grep -q "^$$n .*(cni-chain"; then rm -f "$$f"; fi; \
 	done
 
 # Static, stripped binaries (glibc's static-pie: they run on any distribution and FROM scratch) and the conflists,
@@ -117,11 +120,11 @@ RELEASE_NAME := cni-chain-linux-$(ARCH)-v$(VERSION)
 RELEASE_BIN := target/$(TRIPLE)/dist
 release-bins: deps
 	RUSTFLAGS="-C target-feature=+crt-static" cargo build --profile dist --locked --target $(TRIPLE) \
-		$(PLUGINS:%=-p %) -p cni-chain-install
+		$(PLUGINS:%=-p %) -p $(TOOL) -p cni-chain-install
 
 release: release-bins
 	rm -rf dist/$(RELEASE_NAME) && mkdir -p dist/$(RELEASE_NAME)/conflists
-	cp $(PLUGINS:%=$(RELEASE_BIN)/%) LICENSE README.md dist/$(RELEASE_NAME)/
+	cp $(PLUGINS:%=$(RELEASE_BIN)/%) $(RELEASE_BIN)/$(TOOL) LICENSE README.md dist/$(RELEASE_NAME)/
 	cp conflists/*.conflist dist/$(RELEASE_NAME)/conflists/
 	tar --sort=name --owner=0 --group=0 --numeric-owner --mtime=@$$(git log -1 --format=%ct 2>/dev/null || echo 0) \
 		-C dist/$(RELEASE_NAME) -czf dist/$(RELEASE_NAME).tgz .

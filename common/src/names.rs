@@ -51,6 +51,35 @@ impl Owner<'_> {
     }
 }
 
+/// Any tag of ours (a link alias, an nftables comment), whichever plugin and network wrote it: what the
+/// operator's tool reads where a plugin's DEL and GC read their own `Owner`'s.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Tag {
+    pub plugin: String,
+    pub network: String,
+    pub container_id: String,
+    pub ifname: String,
+}
+
+impl Tag {
+    /// Network names and plugin types hold no `:`, container IDs no `/` (both are validated on the way in).
+    pub fn parse(text: &str) -> Option<Tag> {
+        let rest = text.strip_prefix("cni-chain:")?;
+        let (plugin, rest) = rest.split_once(':')?;
+        let (network, rest) = rest.split_once(':')?;
+        let (container_id, ifname) = rest.rsplit_once('/')?;
+        let owner = Owner { plugin, network };
+        (owner.attachment(text) == Some((container_id, ifname)) && !container_id.is_empty() && !ifname.is_empty()).then(
+            || Tag {
+                plugin: plugin.into(),
+                network: network.into(),
+                container_id: container_id.into(),
+                ifname: ifname.into(),
+            },
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -82,5 +111,18 @@ mod tests {
         assert_eq!(Owner { plugin: "egress-v4", network: "net1" }.attachment(&alias), None);
         assert_eq!(o.attachment("something else"), None);
         assert!(o.alias(&"x".repeat(300), "eth0").is_err());
+    }
+
+    #[test]
+    fn any_tag_parses_back_into_what_the_owner_wrote() {
+        let o = Owner { plugin: "egress-v6", network: "cni-chain-v4" };
+        let tag = Tag::parse(&o.alias("abc", "eth0").unwrap()).unwrap();
+        assert_eq!((tag.plugin.as_str(), tag.network.as_str()), ("egress-v6", "cni-chain-v4"));
+        assert_eq!((tag.container_id.as_str(), tag.ifname.as_str()), ("abc", "eth0"));
+        for not_ours in
+            ["not cni-chain's", "cni-chain: iifgroup 8 masquerade", "cni-chain:ptp:net:/eth0", "cni-chain:ptp"]
+        {
+            assert_eq!(Tag::parse(not_ours), None, "{not_ours}");
+        }
     }
 }

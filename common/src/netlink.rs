@@ -100,6 +100,8 @@ pub struct Link {
     pub kind: Option<String>,
     /// The bridge (or bond, VRF...) this link is a port of.
     pub master: Option<u32>,
+    /// For a veth whose peer is in another netns: that netns' id as seen from here.
+    pub peer_netns: Option<i32>,
 }
 
 impl Link {
@@ -113,6 +115,7 @@ impl Link {
                 LinkAttribute::Group(g) => link.group = *g,
                 LinkAttribute::IfAlias(a) => link.alias = Some(a.clone()),
                 LinkAttribute::Controller(m) => link.master = Some(*m),
+                LinkAttribute::LinkNetNsId(id) => link.peer_netns = Some(*id),
                 LinkAttribute::LinkInfo(infos) => {
                     for i in infos {
                         if let LinkInfo::Kind(k) = i {

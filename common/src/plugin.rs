@@ -117,16 +117,12 @@ fn by_hand<P: Plugin>(arg: &str) -> i32 {
     }
 }
 
+/// The release and the commit every binary of ours was built from.
+pub const BUILD: &str = concat!(env!("CARGO_PKG_VERSION"), " (cni-chain, commit ", env!("CNI_CHAIN_COMMIT"), ")");
+
 fn version_text<P: Plugin>() -> String {
     let versions: Vec<&str> = SUPPORTED.iter().map(|v| v.as_str()).collect();
-    format!(
-        "{} {} (cni-chain, commit {})\nCNI versions: {}\n{}",
-        P::NAME,
-        env!("CARGO_PKG_VERSION"),
-        env!("CNI_CHAIN_COMMIT"),
-        versions.join(", "),
-        P::ABOUT
-    )
+    format!("{} {BUILD}\nCNI versions: {}\n{}", P::NAME, versions.join(", "), P::ABOUT)
 }
 
 fn help_text<P: Plugin>() -> String {

@@ -616,6 +616,19 @@ impl Chain {
         self.list["plugins"].as_array().map_or(0, Vec::len)
     }
 
+    /// The conflist as a runtime reads it from disk, overrides applied.
+    pub fn conflist(&self) -> Value {
+        let mut list = self.list.clone();
+        for i in 0..self.plugins() {
+            let mut c = self.config(i, None);
+            let plugin = c.as_object_mut().unwrap();
+            plugin.remove("cniVersion");
+            plugin.remove("name");
+            list["plugins"][i] = c;
+        }
+        list
+    }
+
     /// Plugin `i`'s config as the runtime sends it.
     pub fn config(&self, i: usize, prev: Option<&Value>) -> Value {
         let mut c = self.list["plugins"][i].clone();

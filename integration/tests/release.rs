@@ -43,14 +43,14 @@ fn the_release_tarball_holds_static_stripped_plugins_the_conflists_and_the_licen
     let mut names = dir.files("");
     names.sort();
     let mut expected: Vec<String> = integration::OURS.iter().map(|p| p.to_string()).collect();
-    expected.extend(["LICENSE", "README.md", "conflists"].map(String::from));
+    expected.extend(["cni-chain", "LICENSE", "README.md", "conflists"].map(String::from));
     expected.sort();
     assert_eq!(names, expected);
     let shipped = std::fs::read_dir(repo().join("conflists")).unwrap().count();
     assert_eq!(dir.files("conflists").len(), shipped);
     assert!(std::fs::read_to_string(dir.path().join("LICENSE")).unwrap().contains("Apache License"));
 
-    for plugin in integration::OURS {
+    for plugin in integration::OURS.into_iter().chain(["cni-chain"]) {
         let bin = dir.path().join(plugin);
         let headers = run(Command::new("readelf").args(["--program-headers", "--wide"]).arg(&bin));
         assert!(!headers.contains("INTERP"), "{plugin} asks for a dynamic loader:\n{headers}");
@@ -99,6 +99,10 @@ fn each_released_plugin_runs_in_an_empty_root() {
         let answer: serde_json::Value = serde_json::from_slice(&reply.stdout).unwrap();
         assert_eq!(answer["supportedVersions"].as_array().map(Vec::len), Some(5), "{plugin}: {answer}");
     }
+    // The operator's tool too (it reads the conflists and the kernel, so here only its version).
+    let said = in_an_empty_root(&dir.path().join("cni-chain"), &["--version"], "");
+    let said = String::from_utf8_lossy(&said.stdout);
+    assert!(said.starts_with(&format!("cni-chain {} (cni-chain", env!("CARGO_PKG_VERSION"))), "{said}");
 }
 
 #[test]
@@ -121,6 +125,7 @@ fn make_uninstall_removes_exactly_what_make_install_wrote() {
     let mut expected: Vec<String> = integration::OURS.iter().map(|p| p.to_string()).chain(["bridge".into()]).collect();
     expected.sort();
     assert_eq!(installed, expected, "install wrote something else (a temporary file left?)");
+    assert_eq!(dest.files("usr/local/bin"), ["cni-chain"], "the tool goes on PATH, not among the plugins");
     for plugin in integration::OURS {
         let said = run(Command::new(bin_dir.join(plugin)).arg("--version"));
         assert!(said.starts_with(plugin), "{said}");
@@ -133,4 +138,5 @@ fn make_uninstall_removes_exactly_what_make_install_wrote() {
     let mut left = dest.files("opt/cni/bin");
     left.sort();
     assert_eq!(left, ["bridge", "masquerade"], "uninstall removed what is not ours or left ours");
+    assert_eq!(dest.files("usr/local/bin"), Vec::<String>::new());
 }

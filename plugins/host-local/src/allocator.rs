@@ -1,7 +1,7 @@
 //! What each verb does to the store, under its lock: one address per range set for an attachment.
 
 use crate::range::RangeSet;
-use crate::store::{held_by, Store};
+use common::ipam_store::{held_by, Store};
 use common::types::{Attachment, CniResult, IpConfig};
 use common::{CniError, Result};
 use std::collections::HashSet;

@@ -2,7 +2,7 @@
 //! dataDir, resolvConf, and the addresses a runtime asks for.
 
 use crate::range::{RangeConf, RangeSet};
-use crate::store::DEFAULT_DATA_DIR;
+use common::ipam_store::DEFAULT_DATA_DIR;
 use common::types::{opt_ip, Route};
 use common::{CniError, Invocation, Result};
 use serde::Deserialize;

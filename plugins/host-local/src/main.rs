@@ -4,11 +4,10 @@ mod allocator;
 mod config;
 mod dns;
 mod range;
-mod store;
 
+use common::ipam_store::{self as store, Store};
 use common::{CniError, CniResult, Invocation, Plugin, Result};
 use config::{settings, Settings};
-use store::Store;
 
 struct HostLocal;
 

@@ -1,11 +1,12 @@
-//! The on-disk store, byte-compatible with the reference host-local so either can take over a live node:
+//! host-local's on-disk store, byte-compatible with the reference host-local so either can take over a live node:
 //! `<dataDir>/<network>/<ip>` holds `<containerID>\r\n<ifname>` (older releases wrote the ID alone),
 //! `last_reserved_ip.<rangeSetIndex>` the last address handed out, and `lock` is flock'ed by every writer.
 //! Ours adds an index, `.cni-chain-attachments/<hash>`, so that ADD, CHECK and DEL read one or two files
 //! instead of every reservation (a cost that grew with the pods). The reservation files stay the truth.
+//! Here in `common` so the operator's tool reads reservations the way host-local does.
 
-use common::files::{create_dir, io, lock_dir, refuse_symlink, write_atomic, FILE_MODE, TMP_SUFFIX};
-use common::Result;
+use crate::files::{create_dir, io, lock_dir, refuse_symlink, write_atomic, FILE_MODE, TMP_SUFFIX};
+use crate::Result;
 use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Write};
@@ -110,7 +111,7 @@ impl Store {
     }
 
     fn index_path(&self, container_id: &str, ifname: &str) -> PathBuf {
-        let hash = common::names::attachment_hash(container_id.trim(), ifname);
+        let hash = crate::names::attachment_hash(container_id.trim(), ifname);
         self.dir.join(INDEX_DIR).join(format!("{hash:016x}"))
     }
 

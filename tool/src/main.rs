@@ -1,0 +1,134 @@
+//! cni-chain: the operator's tool (not a CNI plugin). It acts on the network namespace it runs in and learns
+//! the networks from the conflists the runtimes read; what it finds, it finds with the lookups the plugins'
+//! DEL and GC use (`common::inventory`).
+
+use clap::{Parser, Subcommand};
+use common::inventory::{self, Attachment, Network};
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "cni-chain", version = common::plugin::BUILD, about = "What cni-chain's CNI plugins made on this node")]
+struct Cli {
+    /// The conflists that name the networks and where their stores are (the runtimes' directory).
+    #[arg(long, global = true, default_value = "/etc/cni/net.d", value_name = "DIR")]
+    conf_dir: PathBuf,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Every attachment our plugins made in this network namespace, one line each.
+    Ls {
+        /// Stable JSON for scripts instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let outcome = match cli.command {
+        Cmd::Ls { json } => ls(&cli.conf_dir, json),
+    };
+    outcome.unwrap_or_else(|e| {
+        eprintln!("cni-chain: {e}");
+        ExitCode::from(2)
+    })
+}
+
+fn networks(conf_dir: &std::path::Path) -> common::Result<Vec<Network>> {
+    let (networks, skipped) = Network::from_dir(conf_dir)?;
+    for e in skipped {
+        eprintln!("cni-chain: skipped {e}");
+    }
+    Ok(networks)
+}
+
+fn ls(conf_dir: &std::path::Path, json: bool) -> common::Result<ExitCode> {
+    let attachments = inventory::collect(&networks(conf_dir)?)?;
+    if json {
+        let out = serde_json::json!({ "attachments": attachments });
+        println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+    } else {
+        print!("{}", table(&attachments, std::io::stdout().is_terminal()));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One line per attachment, columns as wide as their widest cell. On a terminal, container IDs are cut
+/// to 12 characters as runtimes show them.
+fn table(attachments: &[Attachment], short_ids: bool) -> String {
+    let header =
+        ["NETWORK", "CONTAINER", "IFNAME", "ADDRESSES", "HOST VETH", "GROUP", "NAT", "POLICY", "POD", "PLUGINS"];
+    let mut rows = vec![header.map(String::from).to_vec()];
+    for a in attachments {
+        let id = if short_ids { a.container_id.chars().take(12).collect() } else { a.container_id.clone() };
+        let join = |items: Vec<String>| if items.is_empty() { "-".to_string() } else { items.join(",") };
+        let veths = join(a.host_veths.iter().map(|v| v.name.clone()).collect());
+        let groups = join(a.host_veths.iter().filter(|v| v.group != 0).map(|v| v.group.to_string()).collect());
+        let nat = join(a.nftables.iter().map(|m| m.set.clone()).collect());
+        let policy = a.policy_route.as_ref().map_or("-".to_string(), |p| format!("table {}", p.table));
+        let alive = match a.alive {
+            Some(true) => "alive",
+            Some(false) => "gone",
+            None => "?",
+        };
+        rows.push(vec![
+            a.network.clone(),
+            id,
+            if a.ifname.is_empty() { "?".into() } else { a.ifname.clone() },
+            join(a.addresses.iter().map(|ip| ip.to_string()).collect()),
+            veths,
+            groups,
+            nat,
+            policy,
+            alive.into(),
+            a.plugins.join(","),
+        ]);
+    }
+    let widths: Vec<usize> =
+        (0..header.len()).map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0)).collect();
+    let mut out = String::new();
+    for row in rows {
+        let cells: Vec<String> = row.iter().zip(&widths).map(|(cell, w)| format!("{cell:<w$}")).collect();
+        out += cells.join("  ").trim_end();
+        out += "\n";
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+    use common::inventory::HostVeth;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn the_table_has_a_line_per_attachment_and_aligned_columns() {
+        let a = Attachment {
+            network: "cni-chain-masq".into(),
+            container_id: "0123456789abcdef0123".into(),
+            ifname: "eth0".into(),
+            plugins: vec!["ptp".into(), "host-local".into()],
+            host_veths: vec![HostVeth { name: "veth0123".into(), plugin: "ptp".into(), group: 8, pod_side: true }],
+            addresses: vec!["10.89.0.2".parse().unwrap()],
+            nftables: vec![],
+            policy_route: None,
+            alive: Some(true),
+        };
+        let text = table(&[a], true);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2);
+        assert!(lines[1].starts_with("cni-chain-masq  0123456789ab  eth0"), "{text}");
+        assert_eq!(lines[0].find("ADDRESSES"), lines[1].find("10.89.0.2"), "{text}");
+        assert!(lines[1].contains("alive") && lines[1].ends_with("ptp,host-local"), "{text}");
+    }
+}
