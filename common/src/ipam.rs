@@ -22,11 +22,15 @@ fn ipam_type(inv: &Invocation) -> Result<&str> {
 
 /// Find a plugin binary in CNI_PATH.
 pub fn find_plugin(inv: &Invocation, name: &str) -> Result<PathBuf> {
-    inv.path
-        .iter()
+    find_in_path(&inv.path, name)
+}
+
+/// Find plugin `name` in the directories of a CNI_PATH, first match wins (as libcni looks).
+pub fn find_in_path(path: &[PathBuf], name: &str) -> Result<PathBuf> {
+    path.iter()
         .map(|dir| dir.join(name))
         .find(|p| p.is_file())
-        .ok_or_else(|| CniError::InvalidConfig(format!("plugin {name:?} not found in CNI_PATH {:?}", inv.path)))
+        .ok_or_else(|| CniError::InvalidConfig(format!("plugin {name:?} not found in CNI_PATH {path:?}")))
 }
 
 /// Run the IPAM plugin for `command` with the config we were given. Returns its result for ADD.

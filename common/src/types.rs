@@ -193,7 +193,7 @@ fn strip(obj: &mut Map<String, Value>, list: &str, keys: &[&str]) {
 }
 
 /// One attachment named by a GC call's `cni.dev/valid-attachments`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize, Serialize)]
 pub struct Attachment {
     #[serde(rename = "containerID", alias = "ContainerID", alias = "containerId")]
     pub container_id: String,

@@ -32,13 +32,19 @@ fn site(conflist: &str) -> Site {
 }
 
 impl Site {
-    fn cnitool(&self, verb: &str, net: &str, pod: &Netns, cap_args: Option<&Value>) -> Output {
+    /// `program` in the node netns and a private mount namespace whose /var/lib is the test's.
+    fn in_jail(&self, program: &Path) -> std::process::Command {
         let script = r#"mount --bind "$1" /var/lib && shift && exec "$@""#;
         let mut cmd = self.node.command("unshare");
         cmd.args(["--mount", "--propagation", "private", "sh", "-c", script, "sh"])
             .arg(self.var_lib.path())
-            .arg(cnitool_bin())
-            .args([verb, net, pod.path()])
+            .arg(program);
+        cmd
+    }
+
+    fn cnitool(&self, verb: &str, net: &str, pod: &Netns, cap_args: Option<&Value>) -> Output {
+        let mut cmd = self.in_jail(&cnitool_bin());
+        cmd.args([verb, net, pod.path()])
             .env("NETCONFPATH", self.conf_dir.path())
             .env("CNI_PATH", cni_path())
             .env("CNI_IFNAME", "eth0");
@@ -184,6 +190,46 @@ fn gc_and_status_on_the_chain_cnitool_made_as_libcni_1_2_runs_them() {
     s.ok("check", net, &kept_pod, None);
     assert!(s.outside.peer_of(&kept_pod, "192.0.2.2").is_some(), "the kept pod still works");
     s.ok("del", net, &kept_pod, None);
+    s.ok("del", net, &forgotten, None);
+    assert_eq!(s.pod_veths(), Vec::<String>::new());
+    assert_eq!(s.reservations(net), Vec::<String>::new());
+}
+
+/// `cni-chain gc` for a runtime that never sends GC: the attachment cnitool forgot (its cache entry is gone, as
+/// after a runtime lost its state) is collected from the libcni cache cnitool wrote; the other stays and works.
+#[test]
+fn cni_chain_gc_collects_the_attachment_cnitool_forgot() {
+    let s = site("20-cni-chain-masquerade.conflist");
+    let net = "cni-chain-masq";
+    let (kept, forgotten) = (Netns::new(), Netns::new());
+    s.ok("add", net, &kept, None);
+    let kept_entry = s.var_lib.files("cni/results");
+    s.ok("add", net, &forgotten, None);
+    let forgotten_entry: Vec<String> =
+        s.var_lib.files("cni/results").into_iter().filter(|f| !kept_entry.contains(f)).collect();
+    assert_eq!(forgotten_entry.len(), 1);
+    std::fs::remove_file(s.var_lib.path().join("cni/results").join(&forgotten_entry[0])).unwrap();
+
+    let conflist = s.conf_dir.path().join("20-cni-chain-masquerade.conflist");
+    let out = s
+        .in_jail(&integration::bin_dir().join("cni-chain"))
+        .arg("gc")
+        .arg("--conflist")
+        .arg(&conflist)
+        .env("CNI_PATH", cni_path())
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{said}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        said.contains("1 attachment(s)") && said.contains("ptp: GC done") && said.contains("masquerade: GC done"),
+        "{said}"
+    );
+    assert_eq!(s.pod_veths().len(), 1, "the forgotten pod's veth is collected");
+    assert_eq!(s.reservations(net).len(), 2, "and its two addresses");
+    s.ok("check", net, &kept, None);
+    assert_eq!(s.outside.peer_of(&kept, "192.0.2.2"), Some(ip("192.0.2.1")), "the kept pod still works");
+    s.ok("del", net, &kept, None);
     s.ok("del", net, &forgotten, None);
     assert_eq!(s.pod_veths(), Vec::<String>::new());
     assert_eq!(s.reservations(net), Vec::<String>::new());

@@ -2,6 +2,8 @@
 //! the networks from the conflists the runtimes read; what it finds, it finds with the lookups the plugins'
 //! DEL and GC use (`common::inventory`).
 
+mod gc;
+
 use clap::{Parser, Subcommand};
 use common::inventory::{self, Attachment, Network};
 use std::io::IsTerminal;
@@ -26,12 +28,23 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// CNI GC for runtimes that never send it: the valid attachments are the network's entries in libcni's
+    /// result cache; each plugin of the conflist gets GC with them, run from CNI_PATH (default /opt/cni/bin).
+    Gc {
+        /// The conflist whose network to collect.
+        #[arg(long, value_name = "FILE")]
+        conflist: PathBuf,
+        /// libcni's cache directory: its results/ hold the attachments the runtime considers live.
+        #[arg(long, default_value = "/var/lib/cni", value_name = "DIR")]
+        cache_dir: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let outcome = match cli.command {
         Cmd::Ls { json } => ls(&cli.conf_dir, json),
+        Cmd::Gc { conflist, cache_dir } => collect(&conflist, &cache_dir),
     };
     outcome.unwrap_or_else(|e| {
         eprintln!("cni-chain: {e}");
@@ -56,6 +69,26 @@ fn ls(conf_dir: &std::path::Path, json: bool) -> common::Result<ExitCode> {
         print!("{}", table(&attachments, std::io::stdout().is_terminal()));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn collect(conflist: &std::path::Path, cache_dir: &std::path::Path) -> common::Result<ExitCode> {
+    let list = gc::Conflist::read(conflist)?;
+    let valid = gc::cached_attachments(cache_dir, &list.name)?;
+    let cni_path: Vec<PathBuf> =
+        std::env::split_paths(&std::env::var_os("CNI_PATH").unwrap_or_else(|| "/opt/cni/bin".into())).collect();
+    println!("network {}: {} attachment(s) in {}/results are live", list.name, valid.len(), cache_dir.display());
+    let mut failed = false;
+    for (plugin, outcome) in gc::run(&list, &valid, &cni_path) {
+        match outcome {
+            gc::Outcome::Collected => println!("{plugin}: GC done"),
+            gc::Outcome::Skipped(why) => println!("{plugin}: skipped, {why}"),
+            gc::Outcome::Failed(e) => {
+                failed = true;
+                println!("{plugin}: GC failed: {e}");
+            }
+        }
+    }
+    Ok(if failed { ExitCode::from(1) } else { ExitCode::SUCCESS })
 }
 
 /// One line per attachment, columns as wide as their widest cell. On a terminal, container IDs are cut
