@@ -221,6 +221,7 @@ fn cni_chain_gc_collects_the_attachment_cnitool_forgot() {
         .unwrap();
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{said}{}", String::from_utf8_lossy(&out.stderr));
+    eprintln!("{said}");
     assert!(
         said.contains("1 attachment(s)") && said.contains("ptp: GC done") && said.contains("masquerade: GC done"),
         "{said}"
