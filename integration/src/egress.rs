@@ -26,6 +26,8 @@ pub struct Mirror {
     pub first: &'static str,
     /// A second node address of the egress family, for an explicit `nodeIP`: (address/prefix, set name).
     pub other_node_ip: (&'static str, &'static str),
+    /// Main and egress ranges for a second network on the same node.
+    pub other_ranges: (&'static str, &'static str),
 }
 
 pub const V4: Mirror = Mirror {
@@ -41,6 +43,7 @@ pub const V4: Mirror = Mirror {
     range: "169.254.172.0/22",
     first: "169.254.172.2",
     other_node_ip: ("192.0.2.10/24", "egress_v4_192_0_2_10"),
+    other_ranges: ("fd95::/64", "169.254.176.0/22"),
 };
 
 pub const V6: Mirror = Mirror {
@@ -56,6 +59,7 @@ pub const V6: Mirror = Mirror {
     range: "fd00::ac:00/118",
     first: "fd00::ac:2",
     other_node_ip: ("2001:db8::10/64", "egress_v6_2001_db8__10"),
+    other_ranges: ("10.95.0.0/16", "fd00::b0:00/118"),
 };
 
 pub struct Site {
@@ -211,27 +215,41 @@ pub fn del_after_the_pod_netns_is_gone_and_gc_leave_nothing(m: &'static Mirror) 
     assert_eq!(s.node.nft_elements(m.set), [(m.first.to_string(), tag("gone"))]);
     let r_kept = chain.add(&s.node, "kept", kept.path());
     chain.add(&s.node, "stale", stale.path());
+    // Another network on the same node, whose attachment this network's GC must not touch.
+    let mut other = s.chain("1.1.0");
+    other.list["name"] = json!("other");
+    for (i, range) in [m.other_ranges.0, m.other_ranges.1].into_iter().enumerate() {
+        other.list["plugins"][i]["ipam"]["ranges"] = json!([[{ "subnet": range }]]);
+    }
+    let elsewhere = Netns::new();
+    let r_elsewhere = other.add(&s.node, "elsewhere", elsewhere.path());
     drop(gone);
     chain.del(&s.node, "gone", &gone_path, None);
     let elems = s.node.nft_elements(m.set);
-    assert_eq!(elems.len(), 2, "{elems:?}");
+    assert_eq!(elems.len(), 3, "{elems:?}");
     assert!(!elems.iter().any(|(_, c)| c.ends_with(":gone/eth0")));
-    assert_eq!(s.veths(m.veth_prefix).len(), 2);
+    assert_eq!(s.veths(m.veth_prefix).len(), 3);
 
     // GC with "kept" valid: "stale" goes from the links, the set and the store.
     for reply in chain.each(&s.node, "GC", &[("kept", "eth0")]) {
         reply.ok();
     }
     let elems = s.node.nft_elements(m.set);
-    assert_eq!(elems.len(), 1, "{elems:?}");
-    assert!(elems[0].1.ends_with(":kept/eth0"));
-    assert_eq!(s.veths(m.veth_prefix).len(), 1);
+    assert_eq!(elems.len(), 2, "{elems:?}");
+    assert!(elems.iter().any(|(_, c)| c.ends_with(":kept/eth0")));
+    assert!(
+        elems.iter().any(|(_, c)| c.as_str() == format!("cni-chain:{}:other:elsewhere/eth0", m.plugin)),
+        "{elems:?}"
+    );
+    assert_eq!(s.veths(m.veth_prefix).len(), 2, "kept's and the other network's");
     assert_eq!(s.reservations().len(), 2, "kept's main and egress addresses");
     for reply in chain.each(&s.node, "STATUS", &[]) {
         reply.ok();
     }
     assert_eq!(s.seen_outside(&kept), Some(ip(m.node_ip)));
+    assert_eq!(s.seen_outside(&elsewhere), Some(ip(m.node_ip)), "the other network's pod still works");
     chain.del(&s.node, "kept", kept.path(), Some(&r_kept));
+    other.del(&s.node, "elsewhere", elsewhere.path(), Some(&r_elsewhere));
     s.assert_clean();
 }
 
