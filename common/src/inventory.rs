@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
 /// One network as a conflist describes it: what the inventory needs to find its state.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -143,6 +144,14 @@ pub struct NftMember {
     pub address: IpAddr,
 }
 
+/// One of host-local's reservations, where it is and when it was written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReservationAt {
+    pub data_dir: PathBuf,
+    pub address: IpAddr,
+    pub written: Option<SystemTime>,
+}
+
 /// What policy-route recorded for an attachment.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PolicyView {
@@ -168,6 +177,9 @@ pub struct Attachment {
     pub nftables: Vec<NftMember>,
     #[serde(rename = "policyRoute")]
     pub policy_route: Option<PolicyView>,
+    /// The reservations behind `addresses`.
+    #[serde(skip)]
+    pub reservations: Vec<ReservationAt>,
     /// Whether the pod's side is alive: a host veth of ours has its peer in a netns. None when no plugin of
     /// ours made a veth for it (its main plugin is not ours), so the node alone cannot tell.
     pub alive: Option<bool>,
@@ -177,7 +189,7 @@ pub struct Attachment {
 struct Found {
     plugins: BTreeSet<String>,
     host_veths: Vec<HostVeth>,
-    addresses: BTreeSet<IpAddr>,
+    reservations: Vec<ReservationAt>,
     nftables: Vec<NftMember>,
     policy_route: Option<PolicyView>,
 }
@@ -238,7 +250,11 @@ pub fn collect(networks: &[Network]) -> Result<Vec<Attachment>> {
                 let ifname = r.holder.ifname.unwrap_or_default();
                 let f = found.entry(key(&net.name, &r.holder.container_id, &ifname)).or_default();
                 f.plugins.insert("host-local".into());
-                f.addresses.insert(r.ip);
+                f.reservations.push(ReservationAt {
+                    data_dir: dir.clone(),
+                    address: r.ip,
+                    written: store.reserved_at(r.ip),
+                });
             }
         }
     }
@@ -248,21 +264,43 @@ pub fn collect(networks: &[Network]) -> Result<Vec<Attachment>> {
         .collect())
 }
 
+/// Temporary files killed writers left in the networks' stores, with when they were written.
+pub fn temporaries(networks: &[Network]) -> Result<Vec<(PathBuf, Option<SystemTime>)>> {
+    let mut paths = Vec::new();
+    for net in networks {
+        for dir in &net.ipam_data_dirs {
+            if let Some(store) = ipam_store::Store::open_existing(dir, &net.name)? {
+                paths.extend(store.temporaries()?);
+            }
+        }
+        for dir in &net.policy_route_data_dirs {
+            if let Some(store) = policy_route::Store::open_existing(dir)? {
+                paths.extend(store.temporaries(&net.name));
+            }
+        }
+    }
+    paths.sort();
+    paths.dedup();
+    Ok(paths.into_iter().map(|p| (p.clone(), std::fs::metadata(&p).and_then(|m| m.modified()).ok())).collect())
+}
+
 fn attachment(networks: &[Network], network: String, container_id: String, ifname: String, f: Found) -> Attachment {
     // The chain's order where the conflist is known; plugins it does not name (an older conflist) after them.
     let chain = networks.iter().find(|n| n.name == network).map(|n| n.plugins.clone()).unwrap_or_default();
     let mut plugins: Vec<String> = chain.iter().filter(|p| f.plugins.contains(*p)).cloned().collect();
     plugins.extend(f.plugins.iter().filter(|p| !chain.contains(p)).cloned());
     let alive = (!f.host_veths.is_empty()).then(|| f.host_veths.iter().any(|v| v.pod_side));
+    let addresses: BTreeSet<IpAddr> = f.reservations.iter().map(|r| r.address).collect();
     Attachment {
         network,
         container_id,
         ifname,
         plugins,
         host_veths: f.host_veths,
-        addresses: f.addresses.into_iter().collect(),
+        addresses: addresses.into_iter().collect(),
         nftables: f.nftables,
         policy_route: f.policy_route,
+        reservations: f.reservations,
         alive,
     }
 }

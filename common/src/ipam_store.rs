@@ -157,12 +157,7 @@ impl Store {
             let entry = fs::read_to_string(e.path()).ok().and_then(|t| IndexEntry::parse(&t));
             !entry.is_some_and(|entry| valid(&entry.container_id, &entry.ifname))
         });
-        let temporaries = fs::read_dir(&self.dir)
-            .map_err(|e| io("reading", &self.dir, e))?
-            .flatten()
-            .filter(|e| e.file_name().to_string_lossy().ends_with(TMP_SUFFIX));
-        for e in stale_entries.chain(temporaries) {
-            let path = e.path();
+        for path in stale_entries.map(|e| e.path()).chain(self.temporaries()?) {
             match fs::remove_file(&path) {
                 Err(err) if err.kind() != ErrorKind::NotFound => return Err(io("removing", &path, err)),
                 _ => {}
@@ -170,6 +165,21 @@ impl Store {
         }
         let _ = fs::remove_dir(&index);
         Ok(())
+    }
+
+    /// Temporary files a killed writer left in the store.
+    pub fn temporaries(&self) -> Result<Vec<PathBuf>> {
+        Ok(fs::read_dir(&self.dir)
+            .map_err(|e| io("reading", &self.dir, e))?
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(TMP_SUFFIX))
+            .map(|e| e.path())
+            .collect())
+    }
+
+    /// When the reservation of `ip` was written.
+    pub fn reserved_at(&self, ip: IpAddr) -> Option<std::time::SystemTime> {
+        fs::metadata(self.dir.join(ip.to_string())).and_then(|m| m.modified()).ok()
     }
 
     pub fn release(&self, ip: IpAddr) -> Result<()> {

@@ -210,10 +210,15 @@ impl Store {
 
     /// Temporary files of a network's records: writers hold the lock, so these are left by killed ones.
     fn sweep_temporary(&self, network: &str) {
-        let Ok(entries) = std::fs::read_dir(self.network_dir(network)) else { return };
-        for entry in entries.flatten().filter(|e| e.file_name().to_string_lossy().ends_with(TMP_SUFFIX)) {
-            let _ = std::fs::remove_file(entry.path());
+        for path in self.temporaries(network) {
+            let _ = std::fs::remove_file(path);
         }
+    }
+
+    /// Temporary files a killed writer left among `network`'s records.
+    pub fn temporaries(&self, network: &str) -> Vec<PathBuf> {
+        let Ok(entries) = std::fs::read_dir(self.network_dir(network)) else { return vec![] };
+        entries.flatten().filter(|e| e.file_name().to_string_lossy().ends_with(TMP_SUFFIX)).map(|e| e.path()).collect()
     }
 
     /// The attachments of one network; unreadable records are skipped.

@@ -100,3 +100,172 @@ fn ls_lists_each_live_pod_once_with_its_real_addresses() {
     let (code, out, _) = tool(&node, &["ls", "--json", "--conf-dir", conf_dir.str()]);
     assert_eq!((code, serde_json::from_str::<Value>(&out).unwrap()), (0, json!({"attachments": []})));
 }
+
+/// Set every file below `dir` to have been written `ago` (leaks are old; an ADD in flight is not).
+fn backdate(dir: &Path, ago: std::time::Duration) {
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            backdate(&path, ago);
+        } else {
+            let file = std::fs::File::options().write(true).open(&path).unwrap();
+            file.set_modified(std::time::SystemTime::now() - ago).unwrap();
+        }
+    }
+}
+
+/// The leaks `doctor --json` reports, as (kind, container ID or file name), sorted.
+fn reported(node: &Netns, conf_dir: &TempDir, extra: &[&str]) -> (i32, Vec<(String, String)>, Value) {
+    let mut args = vec!["doctor", "--json", "--conf-dir", conf_dir.str()];
+    args.extend_from_slice(extra);
+    let (code, out, err) = tool(node, &args);
+    let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}\n{err}"));
+    let mut leaks: Vec<(String, String)> = v["leaks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            let who = l["containerID"].as_str().map(String::from).unwrap_or_else(|| {
+                Path::new(l["path"].as_str().unwrap()).file_name().unwrap().to_string_lossy().into_owned()
+            });
+            (l["kind"].as_str().unwrap().to_string(), who)
+        })
+        .collect();
+    leaks.sort();
+    (code, leaks, v)
+}
+
+#[test]
+fn doctor_reports_exactly_the_leaks_while_pods_come_and_go_and_fix_removes_only_them() {
+    let (node, outside) = node_with_uplink();
+    node.ip(&["route", "add", "default", "via", "192.0.2.2"]);
+    node.ip(&["-6", "route", "add", "default", "via", "2001:db8::2"]);
+    outside.ip(&["route", "add", "10.91.0.0/16", "via", "192.0.2.1"]);
+    let (stores, conf_dir) = (TempDir::new("doctor-stores"), TempDir::new("doctor-conf"));
+    let chains = chains(stores.path(), conf_dir.path());
+    let (masq, egress6, routed) = (&chains[1], &chains[3], &chains[4]);
+    // A live pod of every chain.
+    let live: Vec<(&Chain, Netns, Value)> = chains
+        .iter()
+        .enumerate()
+        .map(|(c, chain)| {
+            let pod = Netns::new();
+            let r = chain.add(&node, &format!("live-{c}"), pod.path());
+            (chain, pod, r)
+        })
+        .collect();
+    let (code, leaks, _) = reported(&node, &conf_dir, &["--grace", "0"]);
+    assert_eq!((code, leaks), (0, vec![]), "a node with live pods only is clean");
+
+    // Leaks of each kind. A ptp killed between its IPAM call and its veth leaves what host-local's ADD leaves.
+    let killed = Netns::new();
+    let mut ipam = masq.config(0, None);
+    ipam["type"] = json!("host-local");
+    integration::Call::new("host-local", "ADD", "killed", killed.path())
+        .run(&node, &serde_json::to_vec(&ipam).unwrap())
+        .ok();
+    // Pod netns deleted without DEL: the kernel takes the veths with them, the rest stays.
+    for (chain, id) in [(masq, "vanished-masq"), (egress6, "vanished-egress6"), (routed, "vanished-routed")] {
+        let pod = Netns::new();
+        chain.add(&node, id, pod.path());
+        drop(pod);
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while node.veths().len() > 1 + 7 {
+        assert!(std::time::Instant::now() < deadline, "the vanished pods' veths stayed: {:?}", node.veths());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // A reservation nobody holds, an element nobody owns, a temporary file a killed writer left.
+    let ptp_store = stores.path().join("10-cni-chain-ptp.conflist-0/cni-chain");
+    std::fs::write(ptp_store.join("10.88.0.250"), "ghost\r\neth0").unwrap();
+    std::fs::write(ptp_store.join("last_reserved_ip.0.tmp"), "10.88").unwrap();
+    let ghost = r#"{ 169.254.175.250 comment "cni-chain:egress-v4:cni-chain-v6:ghost/eth0" }"#;
+    node.nft(&["add", "element", "inet", "cni_chain", "egress_v4_192_0_2_1", ghost]);
+    backdate(stores.path(), std::time::Duration::from_secs(600));
+
+    let expected: Vec<(String, String)> = {
+        let mut e: Vec<(String, String)> = [
+            ("reservation", "killed"),
+            ("reservation", "killed"),
+            ("reservation", "vanished-masq"),
+            ("reservation", "vanished-masq"),
+            ("element", "vanished-masq"),
+            ("element", "vanished-masq"),
+            ("reservation", "vanished-egress6"),
+            ("reservation", "vanished-egress6"),
+            ("element", "vanished-egress6"),
+            ("reservation", "vanished-routed"),
+            ("reservation", "vanished-routed"),
+            ("policyRecord", "vanished-routed"),
+            ("reservation", "ghost"),
+            ("element", "ghost"),
+            ("temporaryFile", "last_reserved_ip.0.tmp"),
+        ]
+        .iter()
+        .map(|(k, w)| (k.to_string(), w.to_string()))
+        .collect();
+        e.sort();
+        e
+    };
+    // Pods come and go on three chains meanwhile (each worker at least 10 times, doctor at least 10 times):
+    // none of theirs is ever reported.
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let stop = AtomicBool::new(false);
+    let cycles: [AtomicUsize; 3] = Default::default();
+    let runs = std::thread::scope(|scope| {
+        for (w, chain) in [masq, egress6, routed].into_iter().enumerate() {
+            let (node, stop, done) = (&node, &stop, &cycles[w]);
+            scope.spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let (pod, id) = (Netns::new(), format!("churn-{w}-{}", done.load(Ordering::Relaxed)));
+                    let r = chain.add(node, &id, pod.path());
+                    chain.del(node, &id, pod.path(), Some(&r));
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+        }
+        let mut runs = 0;
+        while runs < 10 || cycles.iter().any(|c| c.load(Ordering::Relaxed) < 10) {
+            let (code, leaks, v) = reported(&node, &conf_dir, &[]);
+            if (code, &leaks) != (1, &expected) {
+                stop.store(true, Ordering::Relaxed);
+                panic!("doctor run {runs} with pods coming and going:\n{v:#}");
+            }
+            runs += 1;
+        }
+        stop.store(true, Ordering::Relaxed);
+        runs
+    });
+    eprintln!("{runs} doctor runs while pods came and went: {cycles:?}");
+
+    let (code, text, _) = tool(&node, &["doctor", "--conf-dir", conf_dir.str()]);
+    assert_eq!(code, 1);
+    assert_eq!(text.lines().filter(|l| l.starts_with("leak: ")).count(), expected.len(), "{text}");
+    eprintln!("{text}");
+    let (code, _, v) = reported(&node, &conf_dir, &["--fix"]);
+    assert_eq!(code, 1, "leaks were found: {v:#}");
+    let fixed = v["fixed"].as_array().unwrap();
+    assert_eq!(fixed.len(), expected.len());
+    assert!(fixed.iter().all(|f| f["removed"] == true), "{v:#}");
+    let (code, leaks, v) = reported(&node, &conf_dir, &["--grace", "0"]);
+    assert_eq!((code, leaks), (0, vec![]), "{v:#}");
+    assert!(!ptp_store.join("10.88.0.250").exists() && !ptp_store.join("last_reserved_ip.0.tmp").exists());
+    let rules = node.ip(&["rule"]);
+    assert_eq!(rules.matches("proto 77").count(), 2 + 1, "the live pod's two rules and the fwmark rule: {rules}");
+
+    // The live pods are untouched: CHECK passes and they carry traffic.
+    for (chain, pod, r) in &live {
+        let id = format!("live-{}", chains.iter().position(|c| std::ptr::eq(c, *chain)).unwrap());
+        for reply in chain.check(&node, &id, pod.path(), r) {
+            reply.ok();
+        }
+    }
+    assert_eq!(outside.peer_of(&live[1].1, "192.0.2.2"), Some("192.0.2.1".parse().unwrap()), "masqueraded");
+    assert_eq!(outside.peer_of(&live[3].1, "2001:db8::2"), Some("2001:db8::1".parse().unwrap()), "egress-v6");
+    let (_, listed, _) = tool(&node, &["ls", "--json", "--conf-dir", conf_dir.str()]);
+    let listed: Value = serde_json::from_str(&listed).unwrap();
+    assert_eq!(listed["attachments"].as_array().unwrap().len(), live.len(), "{listed:#}");
+    for (i, (chain, pod, r)) in live.iter().enumerate() {
+        chain.del(&node, &format!("live-{i}"), pod.path(), Some(r));
+    }
+}

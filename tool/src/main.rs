@@ -2,6 +2,7 @@
 //! the networks from the conflists the runtimes read; what it finds, it finds with the lookups the plugins'
 //! DEL and GC use (`common::inventory`).
 
+mod doctor;
 mod gc;
 
 use clap::{Parser, Subcommand};
@@ -28,6 +29,19 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// What no live attachment owns: veths whose pod is gone, reservations, nftables elements and policy-route
+    /// records of attachments that are not live, temporary files of killed writers. Exit status 1 when something
+    /// was found.
+    Doctor {
+        /// Remove what was found, with the owning plugin's own DEL or GC code.
+        #[arg(long)]
+        fix: bool,
+        #[arg(long)]
+        json: bool,
+        /// Files younger than this are not judged (an ADD writes its reservation before it makes its veth).
+        #[arg(long, default_value_t = 60, value_name = "SECONDS")]
+        grace: u64,
+    },
     /// CNI GC for runtimes that never send it: the valid attachments are the network's entries in libcni's
     /// result cache; each plugin of the conflist gets GC with them, run from CNI_PATH (default /opt/cni/bin).
     Gc {
@@ -45,6 +59,7 @@ fn main() -> ExitCode {
     let outcome = match cli.command {
         Cmd::Ls { json } => ls(&cli.conf_dir, json),
         Cmd::Gc { conflist, cache_dir } => collect(&conflist, &cache_dir),
+        Cmd::Doctor { fix, json, grace } => diagnose(&cli.conf_dir, fix, json, std::time::Duration::from_secs(grace)),
     };
     outcome.unwrap_or_else(|e| {
         eprintln!("cni-chain: {e}");
@@ -69,6 +84,46 @@ fn ls(conf_dir: &std::path::Path, json: bool) -> common::Result<ExitCode> {
         print!("{}", table(&attachments, std::io::stdout().is_terminal()));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn diagnose(conf_dir: &std::path::Path, fix: bool, json: bool, grace: std::time::Duration) -> common::Result<ExitCode> {
+    let networks = networks(conf_dir)?;
+    let look = || -> common::Result<Vec<doctor::Leak>> {
+        Ok(doctor::find(&networks, &inventory::collect(&networks)?, &inventory::temporaries(&networks)?, grace))
+    };
+    let first = look()?;
+    let in_flight = doctor::in_flight();
+    let leaks = doctor::confirmed(first, &in_flight, &look()?);
+    let fixed = if fix { doctor::fix(&leaks)? } else { Vec::new() };
+    if json {
+        let fixed: Vec<serde_json::Value> = fixed
+            .iter()
+            .map(|(leak, outcome)| {
+                serde_json::json!({"leak": leak, "removed": outcome.is_ok(),
+                                   "error": outcome.as_ref().err().map(|e| e.to_string())})
+            })
+            .collect();
+        let out = serde_json::json!({ "leaks": leaks, "fixed": fixed });
+        println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+    } else if fix {
+        for (leak, outcome) in &fixed {
+            match outcome {
+                Ok(()) => println!("removed: {leak}"),
+                Err(e) => println!("not removed: {leak}: {e}"),
+            }
+        }
+    } else {
+        for leak in &leaks {
+            println!("leak: {leak}");
+        }
+    }
+    if !json {
+        match leaks.len() {
+            0 => println!("clean: every piece of state of ours belongs to a live attachment"),
+            n => println!("{n} leak(s) found{}", if fix { "" } else { "; `cni-chain doctor --fix` removes them" }),
+        }
+    }
+    Ok(if leaks.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
 fn collect(conflist: &std::path::Path, cache_dir: &std::path::Path) -> common::Result<ExitCode> {
@@ -155,6 +210,7 @@ mod tests {
             addresses: vec!["10.89.0.2".parse().unwrap()],
             nftables: vec![],
             policy_route: None,
+            reservations: vec![],
             alive: Some(true),
         };
         let text = table(&[a], true);
