@@ -269,3 +269,25 @@ fn doctor_reports_exactly_the_leaks_while_pods_come_and_go_and_fix_removes_only_
         chain.del(&node, &format!("live-{i}"), pod.path(), Some(r));
     }
 }
+
+#[test]
+fn version_help_and_shell_completions() {
+    let bin = integration::bin_dir().join("cni-chain");
+    let run = |args: &[&str]| std::process::Command::new(&bin).args(args).env_clear().output().unwrap();
+    let version = run(&["--version"]);
+    assert!(String::from_utf8_lossy(&version.stdout).starts_with("cni-chain 0."), "{version:?}");
+    let help = String::from_utf8_lossy(&run(&["--help"]).stdout).into_owned();
+    for command in ["ls", "doctor", "gc", "completions"] {
+        assert!(help.contains(&format!("\n  {command} ")), "{help}");
+    }
+    // bash completes the subcommands from the script the tool prints (called as bash calls it: the command,
+    // the word under completion, the word before it).
+    let script = format!(
+        "source <({} completions bash) && COMP_WORDS=(cni-chain d) && COMP_CWORD=1 && _cni__chain cni-chain d cni-chain && echo \"${{COMPREPLY[@]}}\"",
+        bin.display()
+    );
+    let out = std::process::Command::new("bash").args(["-c", &script]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "doctor", "{out:?}");
+    // A usage error is clap's (2), not a panic.
+    assert_eq!(run(&["frobnicate"]).status.code(), Some(2));
+}

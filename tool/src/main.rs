@@ -42,6 +42,11 @@ enum Cmd {
         #[arg(long, default_value_t = 60, value_name = "SECONDS")]
         grace: u64,
     },
+    /// A shell completion script on stdout, e.g. `cni-chain completions bash > /etc/bash_completion.d/cni-chain`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     /// CNI GC for runtimes that never send it: the valid attachments are the network's entries in libcni's
     /// result cache; each plugin of the conflist gets GC with them, run from CNI_PATH (default /opt/cni/bin).
     Gc {
@@ -59,6 +64,15 @@ fn main() -> ExitCode {
     let outcome = match cli.command {
         Cmd::Ls { json } => ls(&cli.conf_dir, json),
         Cmd::Gc { conflist, cache_dir } => collect(&conflist, &cache_dir),
+        Cmd::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut <Cli as clap::CommandFactory>::command(),
+                "cni-chain",
+                &mut std::io::stdout(),
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Doctor { fix, json, grace } => diagnose(&cli.conf_dir, fix, json, std::time::Duration::from_secs(grace)),
     };
     outcome.unwrap_or_else(|e| {
