@@ -157,13 +157,22 @@ fn doctor_reports_exactly_the_leaks_while_pods_come_and_go_and_fix_removes_only_
     let (code, leaks, _) = reported(&node, &conf_dir, &["--grace", "0"]);
     assert_eq!((code, leaks), (0, vec![]), "a node with live pods only is clean");
 
-    // Leaks of each kind. A ptp killed between its IPAM call and its veth leaves what host-local's ADD leaves.
+    // Leaks of each kind. ptp killed with SIGKILL the moment its IPAM call returns, before its veth: its IPAM
+    // plugin is a script that runs our host-local, then kills the ptp that ran it.
+    let killer = TempDir::new("doctor-killer");
+    let host_local = integration::bin_dir().join("host-local");
+    let script = format!("#!/bin/sh\n{} || exit 1\nkill -9 $PPID\n", host_local.display());
+    std::fs::write(killer.path().join("host-local"), script).unwrap();
+    let executable = std::os::unix::fs::PermissionsExt::from_mode(0o755);
+    std::fs::set_permissions(killer.path().join("host-local"), executable).unwrap();
     let killed = Netns::new();
-    let mut ipam = masq.config(0, None);
-    ipam["type"] = json!("host-local");
-    integration::Call::new("host-local", "ADD", "killed", killed.path())
-        .run(&node, &serde_json::to_vec(&ipam).unwrap())
-        .ok();
+    let conf = serde_json::to_vec(&masq.config(0, None)).unwrap();
+    let reply = integration::Call::new("ptp", "ADD", "killed", killed.path())
+        .env("CNI_PATH", Some(killer.str()))
+        .env("PATH", Some("/usr/bin:/bin"))
+        .run(&node, &conf);
+    assert!(!reply.success && reply.stdout.is_empty(), "ptp was killed: {reply:?}");
+    assert_eq!(killed.link("eth0"), None, "before its veth");
     // Pod netns deleted without DEL: the kernel takes the veths with them, the rest stays.
     for (chain, id) in [(masq, "vanished-masq"), (egress6, "vanished-egress6"), (routed, "vanished-routed")] {
         let pod = Netns::new();
