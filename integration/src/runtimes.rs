@@ -159,6 +159,22 @@ pub fn node_with_uplink() -> (Netns, Netns) {
     (node, outside)
 }
 
+/// The shipped policy-route conflist at 1.1.0 (`Chain::shipped_in`), pointed at `node_with_uplink`'s one uplink,
+/// as both its uplink and its primary, with its records in `stores/policy-route`.
+pub fn policy_route_on_one_uplink(stores: &Path) -> crate::Chain {
+    let mut chain = crate::Chain::shipped_in("50-cni-chain-policy-route.conflist", stores);
+    for (key, value) in [
+        ("uplink", serde_json::json!("uplink")),
+        ("gateway", serde_json::json!("192.0.2.2")),
+        ("gateway6", serde_json::json!("2001:db8::2")),
+        ("primary.interface", serde_json::json!("uplink")),
+        ("dataDir", serde_json::json!(stores.join("policy-route"))),
+    ] {
+        chain.overrides.push((1, key.into(), value));
+    }
+    chain
+}
+
 /// Copy the shipped conflist `name` (from conflists/) into `dir`.
 pub fn copy_shipped_conflist(name: &str, dir: &Path) {
     let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../conflists").join(name);

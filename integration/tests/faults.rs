@@ -2,7 +2,7 @@
 //! prevResult, as after a failed ADD) and GC, leave no veth, no reservation, no nftables element, no index
 //! entry, record or temporary file, no policy rule of ours, and no IPAM lock held. A step that fails inside ADD rolls the whole ADD back.
 
-use integration::runtimes::node_with_uplink;
+use integration::runtimes::{node_with_uplink, policy_route_on_one_uplink};
 use integration::{assert_same_state, reservations_in, tree_state, Call, Chain, Netns, TempDir};
 use serde_json::{json, Value};
 use std::os::fd::AsRawFd;
@@ -46,17 +46,7 @@ fn chains(stores: &Path) -> Vec<Chain> {
         out.push(chain);
     }
     // The policy-route conflist, pointed at this node's one uplink, with its records among the stores.
-    let mut routed = Chain::shipped_in("50-cni-chain-policy-route.conflist", stores);
-    for (key, value) in [
-        ("uplink", json!("uplink")),
-        ("gateway", json!("192.0.2.2")),
-        ("gateway6", json!("2001:db8::2")),
-        ("primary.interface", json!("uplink")),
-        ("dataDir", json!(stores.join("policy-route"))),
-    ] {
-        routed.overrides.push((1, key.into(), value));
-    }
-    out.push(routed);
+    out.push(policy_route_on_one_uplink(stores));
     out
 }
 

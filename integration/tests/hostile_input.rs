@@ -3,7 +3,7 @@
 //! addresses, routes, rules, the whole nftables ruleset, every store file with its mode and content).
 //! The node also holds foreign state (a link, a route, a rule, an nftables table) that must stay untouched.
 
-use integration::runtimes::node_with_uplink;
+use integration::runtimes::{node_with_uplink, policy_route_on_one_uplink};
 use integration::{assert_same_state, tree_state, Call, Chain, Netns, TempDir};
 use serde_json::{json, Value};
 use std::path::Path;
@@ -221,17 +221,7 @@ fn bad_input_to_every_plugin_and_verb_gets_its_code_and_changes_nothing() {
     let v6 = Live::new(&node, stores.path(), "30-cni-chain-egress-v4.conflist", "live-v6");
     let v4 = Live::new(&node, stores.path(), "35-cni-chain-egress-v6.conflist", "live-v4");
     // The policy-route conflist, pointed at this node's one uplink and at a store of the test's.
-    let mut policy = Chain::shipped_in("50-cni-chain-policy-route.conflist", stores.path());
-    for (key, value) in [
-        ("uplink", json!("uplink")),
-        ("gateway", json!("192.0.2.2")),
-        ("gateway6", json!("2001:db8::2")),
-        ("primary.interface", json!("uplink")),
-        ("dataDir", json!(stores.path().join("policy-route"))),
-    ] {
-        policy.overrides.push((1, key.into(), value));
-    }
-    let routed = Live::with(&node, policy, "live-routed");
+    let routed = Live::with(&node, policy_route_on_one_uplink(stores.path()), "live-routed");
     let attachments = [(masq.id, "eth0"), (v6.id, "eth0"), (v4.id, "eth0"), (routed.id, "eth0")];
     let snapshot = || {
         let pods = [masq.pod.state(), v6.pod.state(), v4.pod.state(), routed.pod.state()].join("\n");

@@ -1,7 +1,7 @@
 //! The operator's tool, `cni-chain`, run inside a node netns holding live pods of every shipped chain, with the
 //! conflists (pointed at the test's stores) in a directory of the test's.
 
-use integration::runtimes::node_with_uplink;
+use integration::runtimes::{node_with_uplink, policy_route_on_one_uplink};
 use integration::{Chain, Netns, TempDir};
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
@@ -28,18 +28,10 @@ fn chains(stores: &Path, conf_dir: &Path) -> Vec<Chain> {
     CONFLISTS
         .iter()
         .map(|name| {
-            let mut chain = Chain::shipped_in(name, stores);
-            if name.contains("policy-route") {
-                for (key, value) in [
-                    ("uplink", json!("uplink")),
-                    ("gateway", json!("192.0.2.2")),
-                    ("gateway6", json!("2001:db8::2")),
-                    ("primary.interface", json!("uplink")),
-                    ("dataDir", json!(stores.join("policy-route"))),
-                ] {
-                    chain.overrides.push((1, key.into(), value));
-                }
-            }
+            let chain = match name.contains("policy-route") {
+                true => policy_route_on_one_uplink(stores),
+                false => Chain::shipped_in(name, stores),
+            };
             std::fs::write(conf_dir.join(name), serde_json::to_vec_pretty(&chain.conflist()).unwrap()).unwrap();
             chain
         })
