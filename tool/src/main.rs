@@ -36,6 +36,7 @@ enum Cmd {
         /// Remove what was found, with the owning plugin's own DEL or GC code.
         #[arg(long)]
         fix: bool,
+        /// JSON for scripts: the leaks and, with --fix, what became of each.
         #[arg(long)]
         json: bool,
         /// Files younger than this are not judged (an ADD writes its reservation before it makes its veth).
