@@ -145,7 +145,7 @@ image: release-bins
 	cp $(PLUGINS:%=$(RELEASE_BIN)/%) $$work/context/host/opt/cni/bin/; \
 	cp deploy/containerd/cni-conf-template.json $$work/context/host/etc/cni/cni-chain/; \
 	cp $(RELEASE_BIN)/cni-chain-install $$work/context/; \
-	podman="podman --root $$work/storage --runroot $$work/run --storage-driver vfs"; \
+	podman="podman --root $$work/storage --runroot $$work/run --tmpdir $$work/tmp --storage-driver vfs"; \
 	$$podman build --quiet --network none --pull=never -t $(IMAGE) -f deploy/Containerfile $$work/context >/dev/null; \
 	rm -f $(IMAGE_ARCHIVE); mkdir -p dist; \
 	$$podman save --quiet --format oci-archive -o $(IMAGE_ARCHIVE) $(IMAGE); \

@@ -17,7 +17,8 @@ cp /bin/busybox "$work/rootfs/bin/"
 for applet in $(/bin/busybox --list); do
     [ "$applet" = busybox ] || ln -s busybox "$work/rootfs/bin/$applet"
 done
-podman=(podman --root "$work/storage" --runroot "$work/run" --storage-driver vfs)
+# Its own tmp dir too: else Podman keeps its state (alive, events) in /run/libpod.
+podman=(podman --root "$work/storage" --runroot "$work/run" --tmpdir "$work/tmp" --storage-driver vfs)
 tar -C "$work/rootfs" -c . | "${podman[@]}" import --quiet --change 'ENV PATH=/bin' \
     --change 'CMD ["/bin/sleep", "2147483647"]' - "$name" >/dev/null
 rm -f "$archive"
