@@ -1,6 +1,7 @@
 //! What the end-to-end tests need to run a real runtime (Podman, containerd) on a test's node: a private
-//! mount namespace whose /var/lib, /run/netns and /dev/shm are the test's own directories, so libcni's
-//! result cache, host-local's store, the runtime's netns files and its locks never touch the machine's;
+//! mount namespace whose /var/lib, /run/netns and /dev/shm are the test's own directories and whose /run is a
+//! tmpfs, so libcni's result cache, host-local's store, the runtime's netns files, sockets and locks never
+//! touch the machine's;
 //! a busybox root filesystem for images (no registry is reachable); one CNI bin dir with ours and the
 //! reference plugins.
 
@@ -22,8 +23,10 @@ impl Jail {
         for sub in ["var-lib", "netns", "shm"] {
             std::fs::create_dir_all(dir.path().join(sub)).unwrap();
         }
-        std::fs::create_dir_all("/run/netns").unwrap();
-        let script = r#"mount --bind "$1/var-lib" /var/lib && mount --bind "$1/netns" /run/netns &&
+        // A /run of its own: the runtimes' fixed paths there (containerd's shim sockets in /run/containerd/s,
+        // runc's state) stay off the machine.
+        let script = r#"mount --bind "$1/var-lib" /var/lib && mount -t tmpfs -o mode=0755 jail-run /run &&
+            mkdir /run/netns && mount --bind "$1/netns" /run/netns &&
             mount --bind "$1/shm" /dev/shm && echo ready && exec sleep infinity"#;
         let mut holder = Command::new("unshare")
             .args(["--mount", "--propagation", "private", "sh", "-c", script, "sh"])
