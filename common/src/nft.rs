@@ -4,7 +4,7 @@
 use crate::error::{CniError, Result};
 use netlink_packet_core::{
     DefaultNla, NetlinkBuffer, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_DUMP,
-    NLM_F_NONREC, NLM_F_REQUEST,
+    NLM_F_DUMP_INTR, NLM_F_NONREC, NLM_F_REQUEST,
 };
 use netlink_packet_netfilter::nftables::{
     Bitwise, ChainAttribute, ChainMessage, Cmp, DataAttribute, ExpressionAttribute, Expressions, Hook, Immediate,
@@ -40,6 +40,8 @@ const NF_NAT_RANGE_PROTO_RANDOM_FULLY: u32 = 1 << 4;
 const UDATA_COMMENT: u8 = 0;
 const NFPROTO_IPV4: u8 = 2;
 const NFPROTO_IPV6: u8 = 10;
+/// A set dump interrupted by concurrent changes (NLM_F_DUMP_INTR) is done again this often.
+const DUMP_TRIES: usize = 5;
 /// The capacity of each of our sets and maps (pods of one family on one node). A set with a size makes every
 /// kernel count its elements: 6.1 kernels before 6.1.0-57 (Debian's) count them only then, and without the
 /// count the "delete only if empty" guard that keeps a concurrent ADD's element safe does nothing.
@@ -751,29 +753,45 @@ impl Nft {
     /// The elements of an address set or address → verdict map. Read from the raw answer: the netlink crate's
     /// parser formats the whole element list once per element (quadratic: half a second for 1000 pods).
     pub fn elements(&mut self, table: &str, set: &str) -> Result<Vec<Element>> {
+        for _ in 0..DUMP_TRIES {
+            if let Some(elements) = self.elements_once(table, set)? {
+                return Ok(elements);
+            }
+        }
+        Err(CniError::TryAgainLater(format!("the dump of set {set} kept being interrupted by concurrent changes")))
+    }
+
+    /// One dump of a set's elements; None when the kernel says a concurrent change interrupted it. A dump in
+    /// several parts can meet the same element twice while others change the set: a key counts once.
+    fn elements_once(&mut self, table: &str, set: &str) -> Result<Option<Vec<Element>>> {
         let seq = self.seq;
         let req = NfTablesMessage::GetSetElement(Batch::elements(table, set, vec![]));
         let buf = self.message(NetfilterProtoFamily::Inet, req.into(), NLM_F_DUMP);
         self.socket.send(&buf, 0).map_err(|e| nl_err("dump request", e))?;
-        let mut out = Vec::new();
+        let (mut out, mut interrupted) = (Vec::<Element>::new(), false);
+        let mut seen = std::collections::HashSet::new();
         loop {
             let mut buf = Vec::with_capacity(1 << 18);
             self.socket.recv(&mut buf, 0).map_err(|e| nl_err("reading the kernel's answer", e))?;
-            for (kind, msg_seq, payload) in raw_messages(&buf) {
+            for (kind, flags, msg_seq, payload) in raw_messages(&buf) {
                 if msg_seq != seq {
                     continue;
                 }
+                interrupted |= flags & NLM_F_DUMP_INTR != 0;
+                let done = |out| Ok((!interrupted).then_some(out));
                 match kind {
-                    NLMSG_DONE => return Ok(out),
+                    NLMSG_DONE => return done(out),
                     NLMSG_ERROR => {
                         let code = payload.get(..4).map_or(0, |c| i32::from_ne_bytes([c[0], c[1], c[2], c[3]]));
                         return match code {
-                            0 => Ok(out),
-                            c if c == -libc::ENOENT => Ok(out),
+                            0 => done(out),
+                            c if c == -libc::ENOENT => done(out),
                             c => Err(nl_err("dump", errno_text(c))),
                         };
                     }
-                    NFT_MSG_NEWSETELEM_TYPE => out.extend(raw_set_elements(payload)),
+                    NFT_MSG_NEWSETELEM_TYPE => {
+                        out.extend(raw_set_elements(payload).into_iter().filter(|e| seen.insert(e.key)))
+                    }
                     _ => {}
                 }
             }
@@ -795,8 +813,8 @@ const NFTA_DATA_VALUE: u16 = 1;
 const NFTA_DATA_VERDICT: u16 = 2;
 const NFTA_VERDICT_CHAIN: u16 = 2;
 
-/// The netlink messages in a buffer as (type, sequence number, payload).
-fn raw_messages(buf: &[u8]) -> Vec<(u16, u32, &[u8])> {
+/// The netlink messages in a buffer as (type, flags, sequence number, payload).
+fn raw_messages(buf: &[u8]) -> Vec<(u16, u16, u32, &[u8])> {
     let mut out = Vec::new();
     let mut off = 0;
     while off + 16 <= buf.len() {
@@ -805,8 +823,9 @@ fn raw_messages(buf: &[u8]) -> Vec<(u16, u32, &[u8])> {
             break;
         }
         let kind = u16::from_ne_bytes([buf[off + 4], buf[off + 5]]);
+        let flags = u16::from_ne_bytes([buf[off + 6], buf[off + 7]]);
         let seq = u32::from_ne_bytes([buf[off + 8], buf[off + 9], buf[off + 10], buf[off + 11]]);
-        out.push((kind, seq, &buf[off + 16..off + len]));
+        out.push((kind, flags, seq, &buf[off + 16..off + len]));
         off += (len + 3) & !3;
     }
     out
@@ -946,8 +965,8 @@ mod tests {
         msg.serialize(&mut buf);
         let messages = raw_messages(&buf);
         assert_eq!(messages.len(), 1);
-        assert_eq!(messages[0].1, 9);
-        assert_eq!(raw_set_elements(messages[0].2), elements);
+        assert_eq!(messages[0].2, 9);
+        assert_eq!(raw_set_elements(messages[0].3), elements);
         assert!(raw_set_elements(&[1, 2]).is_empty(), "a short payload reads as no element");
     }
 
