@@ -23,34 +23,43 @@ use std::time::{Duration, SystemTime};
 /// The plugins whose host veth says whether an attachment lives.
 const VETH_PLUGINS: [&str; 3] = ["ptp", "egress-v4", "egress-v6"];
 
+/// The attachment a leak belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+pub struct Whose {
+    pub network: String,
+    #[serde(rename = "containerID")]
+    pub container_id: String,
+    pub ifname: String,
+}
+
+impl std::fmt::Display for Whose {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}/{}", self.network, self.container_id, self.ifname)
+    }
+}
+
 /// Something of ours that no live attachment owns.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "kind", rename_all = "camelCase")]
 pub enum Leak {
     /// A host veth of ours whose pod end is gone.
     Veth {
-        network: String,
-        #[serde(rename = "containerID")]
-        container_id: String,
-        ifname: String,
+        #[serde(flatten)]
+        whose: Whose,
         name: String,
     },
     /// A host-local reservation of an attachment that is not live.
     Reservation {
-        network: String,
-        #[serde(rename = "containerID")]
-        container_id: String,
-        ifname: String,
+        #[serde(flatten)]
+        whose: Whose,
         #[serde(rename = "dataDir")]
         data_dir: PathBuf,
         address: IpAddr,
     },
     /// An nftables element tagged with an attachment that is not live.
     Element {
-        network: String,
-        #[serde(rename = "containerID")]
-        container_id: String,
-        ifname: String,
+        #[serde(flatten)]
+        whose: Whose,
         plugin: String,
         table: String,
         set: String,
@@ -58,10 +67,8 @@ pub enum Leak {
     },
     /// policy-route's record (and so its rules) of an attachment that is not live.
     PolicyRecord {
-        network: String,
-        #[serde(rename = "containerID")]
-        container_id: String,
-        ifname: String,
+        #[serde(flatten)]
+        whose: Whose,
         #[serde(rename = "dataDir")]
         data_dir: PathBuf,
     },
@@ -72,23 +79,23 @@ pub enum Leak {
 impl std::fmt::Display for Leak {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Leak::Veth { network, container_id, ifname, name } => {
-                write!(f, "veth {name} of {network} {container_id}/{ifname}: its pod end is gone")
+            Leak::Veth { whose, name } => write!(f, "veth {name} of {whose}: its pod end is gone"),
+            Leak::Reservation { whose, data_dir, address } => write!(
+                f,
+                "reservation {address} in {} for {}/{}: no live attachment",
+                data_dir.join(&whose.network).display(),
+                whose.container_id,
+                whose.ifname
+            ),
+            Leak::Element { whose, plugin, table, set, address } => {
+                write!(
+                    f,
+                    "nftables element {address} of {plugin} in inet {table} {set} for {whose}: no live attachment"
+                )
             }
-            Leak::Reservation { network, container_id, ifname, data_dir, address } => write!(
-                f,
-                "reservation {address} in {} for {container_id}/{ifname}: no live attachment",
-                data_dir.join(network).display()
-            ),
-            Leak::Element { network, container_id, ifname, plugin, table, set, address } => write!(
-                f,
-                "nftables element {address} of {plugin} in inet {table} {set} for {network} {container_id}/{ifname}: no live attachment"
-            ),
-            Leak::PolicyRecord { network, container_id, ifname, data_dir } => write!(
-                f,
-                "policy-route record (and rules) in {} for {network} {container_id}/{ifname}: no live attachment",
-                data_dir.display()
-            ),
+            Leak::PolicyRecord { whose, data_dir } => {
+                write!(f, "policy-route record (and rules) in {} for {whose}: no live attachment", data_dir.display())
+            }
             Leak::TemporaryFile { path } => write!(f, "temporary file {} left by a killed writer", path.display()),
         }
     }
@@ -112,23 +119,20 @@ pub fn find(
 ) -> Vec<Leak> {
     let mut leaks = Vec::new();
     for a in attachments.iter().filter(|a| a.alive != Some(true) && judged(networks, a)) {
-        let (network, container_id, ifname) = (a.network.clone(), a.container_id.clone(), a.ifname.clone());
+        let whose =
+            Whose { network: a.network.clone(), container_id: a.container_id.clone(), ifname: a.ifname.clone() };
         for v in &a.host_veths {
-            let (network, container_id, ifname) = (network.clone(), container_id.clone(), ifname.clone());
-            leaks.push(Leak::Veth { network, container_id, ifname, name: v.name.clone() });
+            leaks.push(Leak::Veth { whose: whose.clone(), name: v.name.clone() });
         }
         for r in a.reservations.iter().filter(|r| older_than(r.written, grace)) {
-            let (network, container_id, ifname) = (network.clone(), container_id.clone(), ifname.clone());
-            let (data_dir, address) = (r.data_dir.clone(), r.address);
-            leaks.push(Leak::Reservation { network, container_id, ifname, data_dir, address });
+            leaks.push(Leak::Reservation { whose: whose.clone(), data_dir: r.data_dir.clone(), address: r.address });
         }
         for m in &a.nftables {
-            let (network, container_id, ifname) = (network.clone(), container_id.clone(), ifname.clone());
             let (plugin, table, set, address) = (m.plugin.clone(), m.table.clone(), m.set.clone(), m.address);
-            leaks.push(Leak::Element { network, container_id, ifname, plugin, table, set, address });
+            leaks.push(Leak::Element { whose: whose.clone(), plugin, table, set, address });
         }
         if let Some(p) = &a.policy_route {
-            leaks.push(Leak::PolicyRecord { network, container_id, ifname, data_dir: p.data_dir.clone() });
+            leaks.push(Leak::PolicyRecord { whose, data_dir: p.data_dir.clone() });
         }
     }
     for (path, written) in temporaries {
@@ -161,13 +165,12 @@ pub fn in_flight() -> HashSet<(String, String)> {
 }
 
 impl Leak {
-    /// The attachment it belongs to, if any.
-    fn attachment(&self) -> Option<(&str, &str)> {
+    fn whose(&self) -> Option<&Whose> {
         match self {
-            Leak::Veth { container_id, ifname, .. }
-            | Leak::Reservation { container_id, ifname, .. }
-            | Leak::Element { container_id, ifname, .. }
-            | Leak::PolicyRecord { container_id, ifname, .. } => Some((container_id, ifname)),
+            Leak::Veth { whose, .. }
+            | Leak::Reservation { whose, .. }
+            | Leak::Element { whose, .. }
+            | Leak::PolicyRecord { whose, .. } => Some(whose),
             Leak::TemporaryFile { .. } => None,
         }
     }
@@ -177,13 +180,13 @@ impl Leak {
 pub fn confirmed(first: Vec<Leak>, in_flight: &HashSet<(String, String)>, second: &[Leak]) -> Vec<Leak> {
     first
         .into_iter()
-        .filter(|l| l.attachment().is_none_or(|(c, i)| !in_flight.contains(&(c.to_string(), i.to_string()))))
+        .filter(|l| l.whose().is_none_or(|w| !in_flight.contains(&(w.container_id.clone(), w.ifname.clone()))))
         .filter(|l| second.contains(l))
         .collect()
 }
 
-/// The attachments (network, container ID, interface) that are live now: a host veth of ours with its pod end.
-fn live_now() -> Result<HashSet<(String, String, String)>> {
+/// The attachments that are live now: a host veth of ours with its pod end.
+fn live_now() -> Result<HashSet<Whose>> {
     let rtnl = Rtnl::new()?;
     let node = rtnl.connect()?;
     Ok(rtnl
@@ -191,7 +194,7 @@ fn live_now() -> Result<HashSet<(String, String, String)>> {
         .into_iter()
         .filter(|l| l.peer_netns.is_some())
         .filter_map(|l| l.alias.as_deref().and_then(Tag::parse))
-        .map(|t| (t.network, t.container_id, t.ifname))
+        .map(|t| Whose { network: t.network, container_id: t.container_id, ifname: t.ifname })
         .collect())
 }
 
@@ -200,49 +203,39 @@ fn live_now() -> Result<HashSet<(String, String, String)>> {
 pub fn fix(leaks: &[Leak]) -> Result<Vec<(Leak, Result<()>)>> {
     let live = live_now()?;
     let busy = in_flight();
-    let is_live = |n: &str, c: &str, i: &str| {
-        live.contains(&(n.to_string(), c.to_string(), i.to_string())) || busy.contains(&(c.to_string(), i.to_string()))
-    };
+    let left_alone = || Err(CniError::TryAgainLater("its attachment is live again: left alone".into()));
     Ok(leaks
         .iter()
         .map(|leak| {
-            let outcome = match leak {
-                Leak::Veth { network, container_id, ifname, name } if !is_live(network, container_id, ifname) => {
-                    remove_veth(network, container_id, ifname, name)
+            let outcome = match (leak, leak.whose()) {
+                (_, Some(w)) if live.contains(w) || busy.contains(&(w.container_id.clone(), w.ifname.clone())) => {
+                    left_alone()
                 }
-                Leak::Reservation { network, container_id, ifname, data_dir, address }
-                    if !is_live(network, container_id, ifname) =>
-                {
-                    release(network, container_id, ifname, data_dir, *address)
+                (Leak::Veth { whose, name }, _) => remove_veth(whose, name),
+                (Leak::Reservation { whose, data_dir, address }, _) => release(whose, data_dir, *address),
+                (Leak::Element { whose, plugin, table, set, address }, _) => {
+                    remove_element(whose, plugin, table, set, *address)
                 }
-                Leak::Element { network, container_id, ifname, plugin, table, set, address }
-                    if !is_live(network, container_id, ifname) =>
-                {
-                    remove_element(network, container_id, ifname, plugin, table, set, *address)
-                }
-                Leak::PolicyRecord { network, container_id, ifname, data_dir }
-                    if !is_live(network, container_id, ifname) =>
-                {
-                    remove_policy_record(network, container_id, ifname, data_dir)
-                }
-                Leak::TemporaryFile { path } => match std::fs::remove_file(path) {
+                (Leak::PolicyRecord { whose, data_dir }, _) => remove_policy_record(whose, data_dir),
+                (Leak::TemporaryFile { path }, _) => match std::fs::remove_file(path) {
                     Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(common::files::io("removing", path, e)),
                     _ => Ok(()),
                 },
-                _ => Err(CniError::TryAgainLater("its attachment is live again: left alone".into())),
             };
             (leak.clone(), outcome)
         })
         .collect())
 }
 
-fn remove_veth(network: &str, container_id: &str, ifname: &str, name: &str) -> Result<()> {
+fn remove_veth(whose: &Whose, name: &str) -> Result<()> {
     let rtnl = Rtnl::new()?;
     let node = rtnl.connect()?;
     rtnl.block_on(async {
         let Some(link) = netlink::link_by_name(&node, name).await? else { return Ok(()) };
         let tag = link.alias.as_deref().and_then(Tag::parse);
-        let same = tag.is_some_and(|t| t.network == network && t.container_id == container_id && t.ifname == ifname);
+        let same = tag.is_some_and(|t| {
+            t.network == whose.network && t.container_id == whose.container_id && t.ifname == whose.ifname
+        });
         if same && link.peer_netns.is_none() {
             netlink::delete_link(&node, link.index).await?;
         }
@@ -251,29 +244,23 @@ fn remove_veth(network: &str, container_id: &str, ifname: &str, name: &str) -> R
 }
 
 /// As host-local's DEL: under the store's lock, the file goes if the attachment still holds it.
-fn release(network: &str, container_id: &str, ifname: &str, data_dir: &std::path::Path, ip: IpAddr) -> Result<()> {
-    let Some(store) = ipam_store::Store::open_existing(data_dir, network)? else { return Ok(()) };
+fn release(whose: &Whose, data_dir: &std::path::Path, ip: IpAddr) -> Result<()> {
+    let Some(store) = ipam_store::Store::open_existing(data_dir, &whose.network)? else { return Ok(()) };
     let held = store.reservations()?.into_iter().any(|r| {
-        r.ip == ip && r.holder.container_id == container_id && r.holder.ifname.as_deref().unwrap_or("") == ifname
+        r.ip == ip
+            && r.holder.container_id == whose.container_id
+            && r.holder.ifname.as_deref().unwrap_or("") == whose.ifname
     });
     if held {
         store.release(ip)?;
-        store.unindex(container_id, ifname)?;
+        store.unindex(&whose.container_id, &whose.ifname)?;
     }
     Ok(())
 }
 
 /// With the owning plugin's own DEL for its structure, so what becomes empty goes too.
-fn remove_element(
-    network: &str,
-    container_id: &str,
-    ifname: &str,
-    plugin: &str,
-    table: &str,
-    set: &str,
-    address: IpAddr,
-) -> Result<()> {
-    let tag = Owner { plugin, network }.alias(container_id, ifname)?;
+fn remove_element(whose: &Whose, plugin: &str, table: &str, set: &str, address: IpAddr) -> Result<()> {
+    let tag = Owner { plugin, network: &whose.network }.alias(&whose.container_id, &whose.ifname)?;
     let mut nft = Nft::open()?;
     match plugin {
         "egress-v4" | "egress-v6" => egress::snat::del(&mut nft, table, address.is_ipv6(), &tag),
@@ -290,7 +277,8 @@ fn remove_element(
 }
 
 /// With policy-route's own GC, for this one attachment: its rules, what only it used, then its record.
-fn remove_policy_record(network: &str, container_id: &str, ifname: &str, data_dir: &std::path::Path) -> Result<()> {
+fn remove_policy_record(whose: &Whose, data_dir: &std::path::Path) -> Result<()> {
     let Some(store) = policy_route::Store::open_existing(data_dir)? else { return Ok(()) };
-    policy_route::Node::open()?.gc(&store, network, |c, i| !(c == container_id && i == ifname)).map(|_| ())
+    let is_other = |c: &str, i: &str| !(c == whose.container_id && i == whose.ifname);
+    policy_route::Node::open()?.gc(&store, &whose.network, is_other).map(|_| ())
 }
