@@ -3,14 +3,15 @@
 //! and host-local's reservations (`ipam_store::Store`). The networks, and where their stores are, come from the
 //! conflists the runtimes read. This is what the operator's tool shows.
 
+use crate::egress;
 use crate::error::{CniError, Result};
 use crate::gojson;
 use crate::ipam_store;
-use crate::masq::DEFAULT_TABLE;
+use crate::masq::{self, PodMasq, PodMasqNames, DEFAULT_TABLE};
 use crate::names::Tag;
-use crate::netlink::{self, Rtnl};
+use crate::netlink::{self, RouteSpec, Rtnl, RuleSpec};
 use crate::nft::Nft;
-use crate::policy_route;
+use crate::policy_route::{self, Unowned};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -212,12 +213,8 @@ pub fn collect(networks: &[Network]) -> Result<Vec<Attachment>> {
         let pod_side = link.peer_netns.is_some();
         f.host_veths.push(HostVeth { name: link.name, plugin: tag.plugin, group: link.group, pod_side });
     }
-    let mut tables: Vec<&str> = networks.iter().flat_map(|n| n.nft_tables.iter().map(String::as_str)).collect();
-    tables.push(DEFAULT_TABLE);
-    tables.sort_unstable();
-    tables.dedup();
     let mut nft = Nft::open()?;
-    for table in tables {
+    for table in nft_tables(networks) {
         if !nft.table_exists(table)? {
             continue;
         }
@@ -262,6 +259,83 @@ pub fn collect(networks: &[Network]) -> Result<Vec<Attachment>> {
         .into_iter()
         .map(|((network, container_id, ifname), f)| attachment(networks, network, container_id, ifname, f))
         .collect())
+}
+
+/// The tables our plugins use in this network's chains: the default one and those the conflists name.
+fn nft_tables(networks: &[Network]) -> Vec<&str> {
+    let mut tables: Vec<&str> = networks.iter().flat_map(|n| n.nft_tables.iter().map(String::as_str)).collect();
+    tables.push(DEFAULT_TABLE);
+    tables.sort_unstable();
+    tables.dedup();
+    tables
+}
+
+/// A shared piece of ours that nothing uses any more: what a kill, or a prune the kernel refused, left.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unused {
+    /// A chain (with its sets or maps) of `plugin` in `table` that no element uses.
+    Chain { plugin: String, table: String, name: String },
+    /// One of our tables, with nothing in it.
+    Table(String),
+    /// A rule with policy-route's protocol that no record has.
+    Rule(RuleSpec),
+    /// A route with policy-route's protocol in a table no record uses.
+    Route(RouteSpec),
+}
+
+/// Every unused shared piece in this netns. policy-route's are judged only when a conflist names it, with
+/// every store the conflists name held meanwhile (so no ADD or DEL of it is half done).
+pub fn unused(networks: &[Network]) -> Result<Vec<Unused>> {
+    let mut out = Vec::new();
+    let mut nft = Nft::open()?;
+    let chain =
+        |plugin: &str, table: &str, name: String| Unused::Chain { plugin: plugin.into(), table: table.into(), name };
+    for table in nft_tables(networks) {
+        if !nft.table_exists(table)? {
+            continue;
+        }
+        if nft.table_is_empty(table)? {
+            out.push(Unused::Table(table.into()));
+            continue;
+        }
+        for (plugin, v6) in [("egress-v4", false), ("egress-v6", true)] {
+            out.extend(egress::snat::unused(&mut nft, table, v6)?.into_iter().map(|n| chain(plugin, table, n)));
+        }
+        out.extend(masq::unused_group_rules(&mut nft, table)?.into_iter().map(|n| chain("masquerade", table, n)));
+        for (plugin, names) in [("ptp", PodMasqNames::PTP), ("masquerade", PodMasqNames::MASQUERADE)] {
+            let structure = PodMasq { table, random_fully: false, names };
+            out.extend(structure.unused(&mut nft)?.into_iter().map(|n| chain(plugin, table, n)));
+        }
+    }
+    let stores = policy_route_stores(networks)?;
+    if let Some(stores) = stores {
+        if nft.table_is_empty(policy_route::NFT_TABLE)? {
+            out.push(Unused::Table(policy_route::NFT_TABLE.into()));
+        }
+        for piece in policy_route::Node::open()?.unowned(&stores)? {
+            out.push(match piece {
+                Unowned::Rule(rule) => Unused::Rule(rule),
+                Unowned::Route(route) => Unused::Route(route),
+                Unowned::Chain(name) => chain("policy-route", policy_route::NFT_TABLE, name),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// policy-route's stores the conflists name, held; None when no conflist names policy-route.
+pub fn policy_route_stores(networks: &[Network]) -> Result<Option<Vec<policy_route::Store>>> {
+    let mut dirs: Vec<&PathBuf> = networks.iter().flat_map(|n| &n.policy_route_data_dirs).collect();
+    if dirs.is_empty() {
+        return Ok(None);
+    }
+    dirs.sort_unstable();
+    dirs.dedup();
+    let mut stores = Vec::new();
+    for dir in dirs {
+        stores.extend(policy_route::Store::open_existing(dir)?);
+    }
+    Ok(Some(stores))
 }
 
 /// Temporary files killed writers left in the networks' stores, with when they were written.

@@ -173,29 +173,43 @@ pub fn remove_group_members(nft: &mut Nft, table: &str, drop: impl Fn(&str) -> b
     chains.dedup();
     let mut pruned = false;
     for chain in chains {
-        // Read again after our removal: whoever removes the last member sees both sets empty, and nobody
-        // else pays for a prune the kernel would refuse (a refused batch costs ~10 ms).
-        let [v4, v6] = member_sets(chain);
-        if !nft.elements(table, &v4)?.is_empty() || !nft.elements(table, &v6)?.is_empty() {
-            continue;
-        }
-        // The kernel refuses the whole batch while either set holds a member, even one a concurrent ADD
-        // just added: the rule then stays for it.
-        if !nft.deletion_is_guarded(table, &[&v4, &v6]) {
-            continue;
-        }
-        let mut b = Batch::new();
-        b.flush_chain(table, chain)
-            .delete_chain(table, chain)
-            .delete_empty_set(table, &v4)
-            .delete_empty_set(table, &v6);
-        nft.apply_if_unused(&b, "removing a group masquerade rule without members");
-        pruned = true;
+        pruned |= remove_group_rule_if_unused(nft, table, chain)?;
     }
     if pruned {
         delete_table_if_empty(nft, table);
     }
     Ok(removed)
+}
+
+/// Remove a group rule (its chain and member sets) if it has no members; whether a removal was tried.
+pub fn remove_group_rule_if_unused(nft: &mut Nft, table: &str, chain: &str) -> Result<bool> {
+    // Read again after our removal: whoever removes the last member sees both sets empty, and nobody
+    // else pays for a prune the kernel would refuse (a refused batch costs ~10 ms).
+    let [v4, v6] = member_sets(chain);
+    if !nft.elements(table, &v4)?.is_empty() || !nft.elements(table, &v6)?.is_empty() {
+        return Ok(false);
+    }
+    // The kernel refuses the whole batch while either set holds a member, even one a concurrent ADD
+    // just added: the rule then stays for it.
+    if !nft.deletion_is_guarded(table, &[&v4, &v6]) {
+        return Ok(false);
+    }
+    let mut b = Batch::new();
+    b.flush_chain(table, chain).delete_chain(table, chain).delete_empty_set(table, &v4).delete_empty_set(table, &v6);
+    nft.apply_if_unused(&b, "removing a group masquerade rule without members");
+    Ok(true)
+}
+
+/// The group rules (their chains) without members: what a prune the kernel refused, or a kill, left.
+pub fn unused_group_rules(nft: &mut Nft, table: &str) -> Result<Vec<String>> {
+    let sets = group_sets(nft, table)?;
+    let mut chains: Vec<&str> = sets.iter().filter_map(|(s, _)| group_chain_of_set(s)).collect();
+    chains.dedup();
+    Ok(chains
+        .into_iter()
+        .filter(|c| sets.iter().filter(|(s, _)| group_chain_of_set(s) == Some(c)).all(|(_, e)| e.is_empty()))
+        .map(String::from)
+        .collect())
 }
 
 /// Delete the elements of `set` whose tag `drop` selects. A concurrent change between our read and our
@@ -379,25 +393,57 @@ impl PodMasq<'_> {
         Ok(removed)
     }
 
+    /// The chains no element uses: exclusion chains nothing jumps to, then the base chain (with the maps)
+    /// when both maps are empty.
+    fn unused_of(&self, chains: &[String], kept: &[Element]) -> Vec<String> {
+        let n = self.names;
+        let mut unused: Vec<String> = chains
+            .iter()
+            .filter(|c| {
+                c.starts_with(n.exclusion_prefix) && !kept.iter().any(|e| e.jump.as_deref() == Some(c.as_str()))
+            })
+            .cloned()
+            .collect();
+        if kept.is_empty() && chains.iter().any(|c| c == n.chain) {
+            unused.push(n.chain.to_string());
+        }
+        unused
+    }
+
+    /// What of this structure no element uses (left by a prune the kernel refused, or a kill).
+    pub fn unused(&self, nft: &mut Nft) -> Result<Vec<String>> {
+        let chains = nft.chains(self.table)?;
+        if !chains.iter().any(|c| c == self.names.chain || c.starts_with(self.names.exclusion_prefix)) {
+            return Ok(Vec::new());
+        }
+        let kept = self.elements(nft)?;
+        Ok(self.unused_of(&chains, &kept))
+    }
+
+    /// Remove what no element uses, as a DEL does after removing its elements.
+    pub fn prune_unused(&self, nft: &mut Nft) -> Result<()> {
+        let kept = self.elements(nft)?;
+        self.prune(nft, &kept);
+        Ok(())
+    }
+
     /// Best effort: exclusion chains nothing jumps to, then the per-pod structure and the table once
     /// empty. The kernel refuses to delete what a concurrent ADD just started to use.
     fn prune(&self, nft: &mut Nft, kept: &[Element]) {
         let n = self.names;
         let chains = nft.chains(self.table).unwrap_or_default();
-        for chain in chains.iter().filter(|c| {
-            c.starts_with(n.exclusion_prefix) && !kept.iter().any(|e| e.jump.as_deref() == Some(c.as_str()))
-        }) {
+        for chain in self.unused_of(&chains, kept) {
             let mut b = Batch::new();
-            b.flush_chain(self.table, chain).delete_chain(self.table, chain);
-            nft.apply_if_unused(&b, "removing an unused exclusion chain");
-        }
-        if kept.is_empty() && chains.iter().any(|c| c == n.chain) && nft.deletion_is_guarded(self.table, &n.maps) {
-            let mut b = Batch::new();
-            b.flush_chain(self.table, n.chain)
-                .delete_chain(self.table, n.chain)
-                .delete_empty_set(self.table, n.maps[0])
-                .delete_empty_set(self.table, n.maps[1]);
-            nft.apply_if_unused(&b, "removing the per-pod structure");
+            if chain != n.chain {
+                b.flush_chain(self.table, &chain).delete_chain(self.table, &chain);
+                nft.apply_if_unused(&b, "removing an unused exclusion chain");
+            } else if nft.deletion_is_guarded(self.table, &n.maps) {
+                b.flush_chain(self.table, n.chain)
+                    .delete_chain(self.table, n.chain)
+                    .delete_empty_set(self.table, n.maps[0])
+                    .delete_empty_set(self.table, n.maps[1]);
+                nft.apply_if_unused(&b, "removing the per-pod structure");
+            }
         }
         delete_table_if_empty(nft, self.table);
     }

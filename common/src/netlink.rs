@@ -411,6 +411,17 @@ pub async fn add_route(handle: &Handle, route: &RouteSpec) -> Result<()> {
     handle.route().add(msg).execute().await.map_err(nl_err(format!("adding route {}", describe_route(route))))
 }
 
+/// As `ip route` shows it, roughly: `0.0.0.0/0 via 192.0.2.2 dev #3 table 101`.
+impl std::fmt::Display for RouteSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", describe_route(self))?;
+        match self.table {
+            Some(t) => write!(f, " table {t}"),
+            None => Ok(()),
+        }
+    }
+}
+
 fn describe_route(r: &RouteSpec) -> String {
     let mut s = r.dst.to_string();
     if let Some(gw) = r.gateway {
@@ -424,6 +435,16 @@ fn describe_route(r: &RouteSpec) -> String {
 
 /// Routes of one family in every table (filter by `table`/`oif` on the result).
 pub async fn routes(handle: &Handle, ipv6: bool) -> Result<Vec<RouteSpec>> {
+    Ok(routes_by_protocol(handle, ipv6).await?.into_iter().map(|(r, _)| r).collect())
+}
+
+/// Routes of one family in every table that carry `protocol` (ours carry our own value).
+pub async fn own_routes(handle: &Handle, ipv6: bool, protocol: u8) -> Result<Vec<RouteSpec>> {
+    let all = routes_by_protocol(handle, ipv6).await?;
+    Ok(all.into_iter().filter(|(_, p)| *p == protocol).map(|(r, _)| r).collect())
+}
+
+async fn routes_by_protocol(handle: &Handle, ipv6: bool) -> Result<Vec<(RouteSpec, u8)>> {
     let mut req = RouteMessage::default();
     req.header.address_family = if ipv6 { AddressFamily::Inet6 } else { AddressFamily::Inet };
     let msgs = dump(handle, RouteNetlinkMessage::GetRoute(req)).await?;
@@ -458,7 +479,7 @@ pub async fn routes(handle: &Handle, ipv6: bool) -> Result<Vec<RouteSpec>> {
         spec.dst = dst;
         spec.link_scope = r.header.scope == RouteScope::Link;
         spec.table = Some(table);
-        out.push(spec);
+        out.push((spec, u8::from(r.header.protocol)));
     }
     Ok(out)
 }
@@ -539,6 +560,31 @@ pub struct RuleSpec {
     /// Who made the rule: ours carry our own value, so a rule someone else made with the same selector is
     /// never taken for ours (the kernel matches it on delete).
     pub protocol: Option<u8>,
+}
+
+/// As `ip rule` shows it: `from 10.0.0.9 lookup 100 pref 1536 proto 77`.
+impl std::fmt::Display for RuleSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let host = |n: &IpNetwork| match n.prefix() == if n.is_ipv6() { 128 } else { 32 } {
+            true => n.ip().to_string(),
+            false => n.to_string(),
+        };
+        match (&self.src, &self.dst) {
+            (Some(src), _) => write!(f, "from {}", host(src))?,
+            (None, _) => write!(f, "from all")?,
+        }
+        if let Some(dst) = &self.dst {
+            write!(f, " to {}", host(dst))?;
+        }
+        if let Some((mark, mask)) = self.fwmark {
+            write!(f, " fwmark {mark:#x}/{mask:#x}")?;
+        }
+        write!(f, " lookup {} pref {}", self.table, self.priority)?;
+        if let Some(p) = self.protocol {
+            write!(f, " proto {p}")?;
+        }
+        Ok(())
+    }
 }
 
 impl RuleSpec {

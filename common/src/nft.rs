@@ -669,6 +669,11 @@ impl Nft {
         }))
     }
 
+    /// Whether `table` exists and holds neither chain nor set.
+    pub fn table_is_empty(&mut self, table: &str) -> Result<bool> {
+        Ok(self.table_exists(table)? && self.chains(table)?.is_empty() && self.sets(table)?.is_empty())
+    }
+
     /// Names of the chains in `table`.
     pub fn chains(&mut self, table: &str) -> Result<Vec<String>> {
         let attrs = vec![ChainAttribute::Table(table.into())];

@@ -278,6 +278,17 @@ impl Store {
     }
 }
 
+/// Something node-wide of ours that no record uses: left by a kill, or by records removed by hand.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unowned {
+    /// A rule with our protocol.
+    Rule(RuleSpec),
+    /// A chain marking a primary uplink's connections.
+    Chain(String),
+    /// A route in an uplink's table.
+    Route(RouteSpec),
+}
+
 /// The node's netlink and nftables, as policy-route changes them.
 pub struct Node {
     rtnl: Rtnl,
@@ -477,6 +488,52 @@ impl Node {
             self.rtnl.block_on(netlink::delete_own_route(&self.handle, route, PROTOCOL))?;
         }
         Ok(())
+    }
+
+    /// Our rules, uplink table routes and marking chains that no record in `stores` uses, whatever its network. Holding the stores
+    /// keeps ADD (record, then rules) and DEL (rules, then record) out while this looks.
+    pub fn unowned(&self, stores: &[Store]) -> Result<Vec<Unowned>> {
+        let mut records = Vec::new();
+        for store in stores {
+            records.extend(store.all()?);
+        }
+        let primaries: Vec<&Primary> = records.iter().filter_map(|a| a.primary.as_ref()).collect();
+        let mut used: Vec<RuleSpec> = records.iter().flat_map(Attachment::pod_rules).collect();
+        used.extend(primaries.iter().flat_map(|p| p.rules()));
+        let mut out = Vec::new();
+        for v6 in [false, true] {
+            let rules = self.rtnl.block_on(netlink::rules(&self.handle, v6))?;
+            out.extend(
+                rules.into_iter().filter(|r| r.protocol == Some(PROTOCOL) && !used.contains(r)).map(Unowned::Rule),
+            );
+            let routes = self.rtnl.block_on(netlink::own_routes(&self.handle, v6, PROTOCOL))?;
+            let used_table = |t: Option<u32>| records.iter().any(|a| a.uplink.is_some() && Some(a.table) == t);
+            out.extend(routes.into_iter().filter(|r| !used_table(r.table)).map(Unowned::Route));
+        }
+        let chains = Nft::open()?.chains(NFT_TABLE)?;
+        out.extend(chains.into_iter().filter(|c| !primaries.iter().any(|p| p.chain() == *c)).map(Unowned::Chain));
+        Ok(out)
+    }
+
+    /// Remove `what` if no record in `stores` uses it still, and the table once empty.
+    pub fn remove_unowned(&self, stores: &[Store], what: &Unowned) -> Result<()> {
+        if !self.unowned(stores)?.contains(what) {
+            return Ok(());
+        }
+        match what {
+            Unowned::Rule(rule) => self.rtnl.block_on(netlink::delete_rule(&self.handle, rule)).map(|_| ()),
+            Unowned::Route(route) => {
+                self.rtnl.block_on(netlink::delete_own_route(&self.handle, route, PROTOCOL)).map(|_| ())
+            }
+            Unowned::Chain(chain) => {
+                let mut nft = Nft::open()?;
+                let mut batch = Batch::new();
+                batch.flush_chain(NFT_TABLE, chain).delete_chain(NFT_TABLE, chain);
+                nft.apply(&batch, "removing a primary uplink's marking no record uses")?;
+                crate::masq::delete_table_if_empty(&mut nft, NFT_TABLE);
+                Ok(())
+            }
+        }
     }
 
     /// CHECK: the attachment's rules, and the node-wide pieces it relies on.

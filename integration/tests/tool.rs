@@ -117,7 +117,9 @@ fn reported(node: &Netns, conf_dir: &TempDir, extra: &[&str]) -> (i32, Vec<(Stri
         .unwrap()
         .iter()
         .map(|l| {
-            let who = l["containerID"].as_str().map(String::from).unwrap_or_else(|| {
+            let named =
+                ["containerID", "name", "table", "rule", "route"].iter().find_map(|k| l[k].as_str()).map(String::from);
+            let who = named.unwrap_or_else(|| {
                 Path::new(l["path"].as_str().unwrap()).file_name().unwrap().to_string_lossy().into_owned()
             });
             (l["kind"].as_str().unwrap().to_string(), who)
@@ -125,6 +127,15 @@ fn reported(node: &Netns, conf_dir: &TempDir, extra: &[&str]) -> (i32, Vec<(Stri
         .collect();
     leaks.sort();
     (code, leaks, v)
+}
+
+/// Sets its flag when dropped, also by a panic.
+struct StopOnDrop<'a>(&'a std::sync::atomic::AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 #[test]
@@ -182,6 +193,9 @@ fn doctor_reports_exactly_the_leaks_while_pods_come_and_go_and_fix_removes_only_
     std::fs::write(ptp_store.join("last_reserved_ip.0.tmp"), "10.88").unwrap();
     let ghost = r#"{ 169.254.175.250 comment "cni-chain:egress-v4:cni-chain-v6:ghost/eth0" }"#;
     node.nft(&["add", "element", "inet", "cni_chain", "egress_v4_192_0_2_1", ghost]);
+    // Shared pieces a prune the kernel refused (or a kill) left: nothing uses them, beside ones live pods use.
+    let unused = TempDir::new("doctor-unused");
+    let unused_route = inject_unused(&node, &unused, &UNUSED_IN_USE_TABLES);
     backdate(stores.path(), std::time::Duration::from_secs(600));
 
     let expected: Vec<(String, String)> = {
@@ -201,6 +215,9 @@ fn doctor_reports_exactly_the_leaks_while_pods_come_and_go_and_fix_removes_only_
             ("reservation", "ghost"),
             ("element", "ghost"),
             ("temporaryFile", "last_reserved_ip.0.tmp"),
+            ("unusedChain", "egress_v4_198_51_100_7"),
+            ("unownedRule", "from 10.99.0.9 lookup 100 pref 1536 proto 77"),
+            ("unownedRoute", &unused_route),
         ]
         .iter()
         .map(|(k, w)| (k.to_string(), w.to_string()))
@@ -217,6 +234,7 @@ fn doctor_reports_exactly_the_leaks_while_pods_come_and_go_and_fix_removes_only_
         for (w, chain) in [masq, egress6, routed].into_iter().enumerate() {
             let (node, stop, done) = (&node, &stop, &cycles[w]);
             scope.spawn(move || {
+                let _stop_all = StopOnDrop(stop);
                 while !stop.load(Ordering::Relaxed) {
                     let (pod, id) = (Netns::new(), format!("churn-{w}-{}", done.load(Ordering::Relaxed)));
                     let r = chain.add(node, &id, pod.path());
@@ -225,16 +243,14 @@ fn doctor_reports_exactly_the_leaks_while_pods_come_and_go_and_fix_removes_only_
                 }
             });
         }
+        // A panic here or in a worker stops them all (the scope waits for every worker).
+        let _stop_all = StopOnDrop(&stop);
         let mut runs = 0;
-        while runs < 10 || cycles.iter().any(|c| c.load(Ordering::Relaxed) < 10) {
+        while !stop.load(Ordering::Relaxed) && (runs < 10 || cycles.iter().any(|c| c.load(Ordering::Relaxed) < 10)) {
             let (code, leaks, v) = reported(&node, &conf_dir, &[]);
-            if (code, &leaks) != (1, &expected) {
-                stop.store(true, Ordering::Relaxed);
-                panic!("doctor run {runs} with pods coming and going:\n{v:#}");
-            }
+            assert_eq!((code, &leaks), (1, &expected), "doctor run {runs} with pods coming and going:\n{v:#}");
             runs += 1;
         }
-        stop.store(true, Ordering::Relaxed);
         runs
     });
     eprintln!("{runs} doctor runs while pods came and went: {cycles:?}");
@@ -253,6 +269,7 @@ fn doctor_reports_exactly_the_leaks_while_pods_come_and_go_and_fix_removes_only_
     assert!(!ptp_store.join("10.88.0.250").exists() && !ptp_store.join("last_reserved_ip.0.tmp").exists());
     let rules = node.ip(&["rule"]);
     assert_eq!(rules.matches("proto 77").count(), 2 + 1, "the live pod's two rules and the fwmark rule: {rules}");
+    assert_eq!(node.ip(&["route", "show", "table", "150"]).trim(), "", "the unused route went");
 
     // The live pods are untouched: CHECK passes and they carry traffic.
     for (chain, pod, r) in &live {
@@ -269,6 +286,85 @@ fn doctor_reports_exactly_the_leaks_while_pods_come_and_go_and_fix_removes_only_
     for (i, (chain, pod, r)) in live.iter().enumerate() {
         chain.del(&node, &format!("live-{i}"), pod.path(), Some(r));
     }
+}
+
+/// A shared piece nothing uses, as egress-v4 makes it, in a table that exists already. (An empty group rule
+/// would not last while pods come and go: the masquerade plugin's DEL prunes every one.)
+const UNUSED_IN_USE_TABLES: [&str; 3] = [
+    "add chain inet cni_chain egress_v4_198_51_100_7 { type nat hook postrouting priority srcnat; }",
+    "add set inet cni_chain egress_v4_198_51_100_7 { type ipv4_addr; size 65536; }",
+    "add rule inet cni_chain egress_v4_198_51_100_7 ip saddr @egress_v4_198_51_100_7 snat ip to 198.51.100.7",
+];
+
+/// Load `lines` into `node`'s nftables, and add a rule and a route (in table 150, through the uplink) with
+/// policy-route's protocol that no record has. The route as doctor shows it.
+fn inject_unused(node: &Netns, dir: &TempDir, lines: &[&str]) -> String {
+    let file = dir.path().join("unused.nft");
+    std::fs::write(&file, lines.join("\n")).unwrap();
+    node.nft(&["-f", file.to_str().unwrap()]);
+    node.ip(&["rule", "add", "from", "10.99.0.9", "lookup", "100", "pref", "1536", "proto", "77"]);
+    node.ip(&["route", "add", "198.51.100.0/24", "via", "192.0.2.2", "dev", "uplink", "table", "150", "proto", "77"]);
+    format!("198.51.100.0/24 via 192.0.2.2 dev #{} table 150", node.link("uplink").unwrap()["ifindex"])
+}
+
+#[test]
+fn doctor_removes_shared_pieces_nothing_uses_and_then_their_tables() {
+    let (node, _outside) = node_with_uplink();
+    let (stores, conf_dir, unused) =
+        (TempDir::new("unused-stores"), TempDir::new("unused-conf"), TempDir::new("unused-nft"));
+    chains(stores.path(), conf_dir.path());
+    let mut lines = UNUSED_IN_USE_TABLES.to_vec();
+    lines.splice(0..0, ["add table inet cni_chain", "add table inet cni_chain_policy_route"]);
+    lines.extend([
+        "add chain inet cni_chain masq_group_77 { type nat hook postrouting priority srcnat; }",
+        "add set inet cni_chain masq_group_77_v4 { type ipv4_addr; size 65536; }",
+        "add set inet cni_chain masq_group_77_v6 { type ipv6_addr; size 65536; }",
+        "add chain inet cni_chain egress_v6_2001_db8__7 { type nat hook postrouting priority srcnat; }",
+        "add set inet cni_chain egress_v6_2001_db8__7 { type ipv6_addr; size 65536; }",
+        "add map inet cni_chain ptp_pods_v4 { type ipv4_addr : verdict; size 65536; }",
+        "add map inet cni_chain ptp_pods_v6 { type ipv6_addr : verdict; size 65536; }",
+        "add chain inet cni_chain ptp_masq { type nat hook postrouting priority srcnat; }",
+        "add chain inet cni_chain ptp_pods_00000000000000ff",
+        "add chain inet cni_chain pods_00000000000000ff",
+        "add chain inet cni_chain_policy_route primary_eth9_80 { type filter hook prerouting priority mangle; }",
+    ]);
+    let unused_route = inject_unused(&node, &unused, &lines);
+    node.ip(&["-6", "rule", "add", "fwmark", "0x80/0x80", "lookup", "main", "pref", "1024", "proto", "77"]);
+    let (code, leaks, v) = reported(&node, &conf_dir, &[]);
+    let mut expected: Vec<(String, String)> = [
+        ("unusedChain", "egress_v4_198_51_100_7"),
+        ("unusedChain", "egress_v6_2001_db8__7"),
+        ("unusedChain", "masq_group_77"),
+        ("unusedChain", "ptp_pods_00000000000000ff"),
+        ("unusedChain", "ptp_masq"),
+        ("unusedChain", "pods_00000000000000ff"),
+        ("unusedChain", "primary_eth9_80"),
+        ("unownedRule", "from 10.99.0.9 lookup 100 pref 1536 proto 77"),
+        ("unownedRule", "from all fwmark 0x80/0x80 lookup 254 pref 1024 proto 77"),
+        ("unownedRoute", &unused_route),
+    ]
+    .iter()
+    .map(|(k, w)| (k.to_string(), w.to_string()))
+    .collect();
+    expected.sort();
+    assert_eq!((code, leaks), (1, expected.clone()), "{v:#}");
+    // A rule of the same shape made by someone else (another protocol) is never ours.
+    node.ip(&["rule", "add", "from", "10.99.0.10", "lookup", "100", "pref", "1536"]);
+    let (code, _, v) = reported(&node, &conf_dir, &["--fix"]);
+    assert_eq!(code, 1);
+    let fixed = v["fixed"].as_array().unwrap();
+    assert_eq!(fixed.len(), expected.len(), "{v:#}");
+    assert!(fixed.iter().all(|f| f["removed"] == true), "{v:#}");
+    assert_eq!(node.nft(&["list", "ruleset"]).trim(), "", "the tables went with their last pieces");
+    let rules = node.ip(&["rule"]) + &node.ip(&["-6", "rule"]);
+    assert!(!rules.contains("proto 77") && rules.contains("from 10.99.0.10"), "{rules}");
+    assert_eq!(node.ip(&["route", "show", "table", "150"]).trim(), "", "the route went");
+    // An empty table of ours is reported and removed by itself too.
+    node.nft(&["add", "table", "inet", "cni_chain"]);
+    let (code, leaks, v) = reported(&node, &conf_dir, &["--fix"]);
+    assert_eq!((code, leaks), (1, vec![("emptyTable".to_string(), "cni_chain".to_string())]), "{v:#}");
+    assert_eq!(node.nft(&["list", "ruleset"]).trim(), "");
+    assert_eq!(reported(&node, &conf_dir, &[]).0, 0);
 }
 
 #[test]

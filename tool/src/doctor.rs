@@ -6,13 +6,16 @@
 //!
 //! Pods come and go while it runs. A DEL removes the veth and the rest in some order, so for a moment part of a
 //! live DEL looks leaked: an attachment with a CNI call in flight (a process with its CNI_CONTAINERID and
-//! CNI_IFNAME) is not judged, and what is reported was found both before and after that look.
+//! CNI_IFNAME) is not judged, and what is reported was found both before and after that look. Shared pieces
+//! (chains, tables, policy rules) are judged by what uses them, not by an attachment: `inventory::unused`.
 
-use common::inventory::{Attachment, Network};
+use common::inventory::{self, Attachment, Network, Unused};
 use common::masq::{self, PodMasq, PodMasqNames};
 use common::names::{Owner, Tag};
 use common::netlink::{self, Rtnl};
+use common::netlink::{RouteSpec, RuleSpec};
 use common::nft::Nft;
+use common::policy_route::Unowned;
 use common::{egress, ipam_store, policy_route, CniError, Result};
 use serde::Serialize;
 use std::collections::HashSet;
@@ -74,6 +77,35 @@ pub enum Leak {
     },
     /// A temporary file a killed writer left in a store.
     TemporaryFile { path: PathBuf },
+    /// A shared chain of `plugin` (with its sets or maps) that no attachment uses any more.
+    UnusedChain { plugin: String, table: String, name: String },
+    /// One of our nftables tables, with nothing in it.
+    EmptyTable { table: String },
+    /// A rule with policy-route's protocol that no record has.
+    UnownedRule {
+        #[serde(serialize_with = "as_text")]
+        rule: RuleSpec,
+    },
+    /// A route with policy-route's protocol in a table no record uses.
+    UnownedRoute {
+        #[serde(serialize_with = "as_text")]
+        route: RouteSpec,
+    },
+}
+
+fn as_text<S: serde::Serializer>(value: &impl std::fmt::Display, s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.collect_str(value)
+}
+
+impl From<Unused> for Leak {
+    fn from(unused: Unused) -> Leak {
+        match unused {
+            Unused::Chain { plugin, table, name } => Leak::UnusedChain { plugin, table, name },
+            Unused::Table(table) => Leak::EmptyTable { table },
+            Unused::Rule(rule) => Leak::UnownedRule { rule },
+            Unused::Route(route) => Leak::UnownedRoute { route },
+        }
+    }
 }
 
 impl std::fmt::Display for Leak {
@@ -97,6 +129,12 @@ impl std::fmt::Display for Leak {
                 write!(f, "policy-route record (and rules) in {} for {whose}: no live attachment", data_dir.display())
             }
             Leak::TemporaryFile { path } => write!(f, "temporary file {} left by a killed writer", path.display()),
+            Leak::UnusedChain { plugin, table, name } => {
+                write!(f, "chain {name} of {plugin} in inet {table}: no attachment uses it")
+            }
+            Leak::EmptyTable { table } => write!(f, "table inet {table}: empty"),
+            Leak::UnownedRule { rule } => write!(f, "rule {rule}: no policy-route record has it"),
+            Leak::UnownedRoute { route } => write!(f, "route {route}: no policy-route record uses the table"),
         }
     }
 }
@@ -115,6 +153,7 @@ pub fn find(
     networks: &[Network],
     attachments: &[Attachment],
     temporaries: &[(PathBuf, Option<SystemTime>)],
+    unused: Vec<Unused>,
     grace: Duration,
 ) -> Vec<Leak> {
     let mut leaks = Vec::new();
@@ -140,6 +179,7 @@ pub fn find(
             leaks.push(Leak::TemporaryFile { path: path.clone() });
         }
     }
+    leaks.extend(unused.into_iter().map(Leak::from));
     leaks
 }
 
@@ -171,7 +211,11 @@ impl Leak {
             | Leak::Reservation { whose, .. }
             | Leak::Element { whose, .. }
             | Leak::PolicyRecord { whose, .. } => Some(whose),
-            Leak::TemporaryFile { .. } => None,
+            Leak::TemporaryFile { .. }
+            | Leak::UnusedChain { .. }
+            | Leak::EmptyTable { .. }
+            | Leak::UnownedRule { .. }
+            | Leak::UnownedRoute { .. } => None,
         }
     }
 }
@@ -199,12 +243,13 @@ fn live_now() -> Result<HashSet<Whose>> {
 }
 
 /// Remove each leak, looking again first that its attachment is not live (a pod may have come back since) and
-/// has no CNI call in flight.
-pub fn fix(leaks: &[Leak]) -> Result<Vec<(Leak, Result<()>)>> {
+/// has no CNI call in flight. A shared piece goes only if the kernel (or policy-route's held stores) still
+/// finds it unused, and is reported as not removed when it is still there.
+pub fn fix(networks: &[Network], leaks: &[Leak]) -> Result<Vec<(Leak, Result<()>)>> {
     let live = live_now()?;
     let busy = in_flight();
     let left_alone = || Err(CniError::TryAgainLater("its attachment is live again: left alone".into()));
-    Ok(leaks
+    let fixed: Vec<(Leak, Result<()>)> = leaks
         .iter()
         .map(|leak| {
             let outcome = match (leak, leak.whose()) {
@@ -221,10 +266,51 @@ pub fn fix(leaks: &[Leak]) -> Result<Vec<(Leak, Result<()>)>> {
                     Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(common::files::io("removing", path, e)),
                     _ => Ok(()),
                 },
+                (Leak::UnusedChain { plugin, table, name }, _) => remove_chain(networks, plugin, table, name),
+                (Leak::EmptyTable { table }, _) => {
+                    Nft::open().map(|mut nft| masq::delete_table_if_empty(&mut nft, table))
+                }
+                (Leak::UnownedRule { rule }, _) => remove_unowned(networks, Unowned::Rule(rule.clone())),
+                (Leak::UnownedRoute { route }, _) => remove_unowned(networks, Unowned::Route(route.clone())),
             };
             (leak.clone(), outcome)
         })
+        .collect();
+    // Pruning is best effort (the kernel keeps what a concurrent ADD just used): say what is still there.
+    let left: Vec<Leak> = inventory::unused(networks)?.into_iter().map(Leak::from).collect();
+    Ok(fixed
+        .into_iter()
+        .map(|(leak, outcome)| match outcome {
+            Ok(()) if left.contains(&leak) => {
+                (leak, Err(CniError::TryAgainLater("still there: in use again, or the kernel kept it".into())))
+            }
+            outcome => (leak, outcome),
+        })
         .collect())
+}
+
+/// With the owning plugin's own prune, as its DEL runs it after removing the last member.
+fn remove_chain(networks: &[Network], plugin: &str, table: &str, name: &str) -> Result<()> {
+    let mut nft = Nft::open()?;
+    match plugin {
+        "egress-v4" | "egress-v6" => egress::snat::prune(&mut nft, table, name),
+        "masquerade" if name.starts_with("masq_group_") => {
+            masq::remove_group_rule_if_unused(&mut nft, table, name)?;
+        }
+        "masquerade" => {
+            PodMasq { table, random_fully: false, names: PodMasqNames::MASQUERADE }.prune_unused(&mut nft)?
+        }
+        "ptp" => PodMasq { table, random_fully: false, names: PodMasqNames::PTP }.prune_unused(&mut nft)?,
+        "policy-route" => return remove_unowned(networks, Unowned::Chain(name.into())),
+        _ => return Ok(()),
+    }
+    masq::delete_table_if_empty(&mut nft, table);
+    Ok(())
+}
+
+fn remove_unowned(networks: &[Network], what: Unowned) -> Result<()> {
+    let Some(stores) = inventory::policy_route_stores(networks)? else { return Ok(()) };
+    policy_route::Node::open()?.remove_unowned(&stores, &what)
 }
 
 fn remove_veth(whose: &Whose, name: &str) -> Result<()> {

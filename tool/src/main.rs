@@ -30,8 +30,8 @@ enum Cmd {
         json: bool,
     },
     /// What no live attachment owns: veths whose pod is gone, reservations, nftables elements and policy-route
-    /// records of attachments that are not live, temporary files of killed writers. Exit status 1 when something
-    /// was found.
+    /// records of attachments that are not live, temporary files of killed writers, shared chains, tables and
+    /// rules nothing uses. Exit status 1 when something was found.
     Doctor {
         /// Remove what was found, with the owning plugin's own DEL or GC code.
         #[arg(long)]
@@ -104,12 +104,13 @@ fn ls(conf_dir: &std::path::Path, json: bool) -> common::Result<ExitCode> {
 fn diagnose(conf_dir: &std::path::Path, fix: bool, json: bool, grace: std::time::Duration) -> common::Result<ExitCode> {
     let networks = networks(conf_dir)?;
     let look = || -> common::Result<Vec<doctor::Leak>> {
-        Ok(doctor::find(&networks, &inventory::collect(&networks)?, &inventory::temporaries(&networks)?, grace))
+        let (attachments, temporaries) = (inventory::collect(&networks)?, inventory::temporaries(&networks)?);
+        Ok(doctor::find(&networks, &attachments, &temporaries, inventory::unused(&networks)?, grace))
     };
     let first = look()?;
     let in_flight = doctor::in_flight();
     let leaks = doctor::confirmed(first, &in_flight, &look()?);
-    let fixed = if fix { doctor::fix(&leaks)? } else { Vec::new() };
+    let fixed = if fix { doctor::fix(&networks, &leaks)? } else { Vec::new() };
     if json {
         let fixed: Vec<serde_json::Value> = fixed
             .iter()

@@ -127,9 +127,15 @@ fn remove_where(nft: &mut Nft, table: &str, v6: bool, drop: impl Fn(&str) -> boo
     Ok(removed)
 }
 
+/// The node addresses' chains and sets of the family that hold no pod: what a prune the kernel refused, or a
+/// kill, left.
+pub fn unused(nft: &mut Nft, table: &str, v6: bool) -> Result<Vec<String>> {
+    Ok(egress_sets(nft, table, v6)?.into_iter().filter(|(_, e)| e.is_empty()).map(|(s, _)| s).collect())
+}
+
 /// Best effort: remove a node address's chain and set once empty. The kernel refuses to delete a set
 /// that a concurrent ADD just put an element in, and then the whole batch is void.
-fn prune(nft: &mut Nft, table: &str, name: &str) {
+pub fn prune(nft: &mut Nft, table: &str, name: &str) {
     if !nft.deletion_is_guarded(table, &[name]) {
         return;
     }
