@@ -1,11 +1,14 @@
 //! IPAM delegation: run the `ipam.type` plugin from CNI_PATH with our env and stdin, as the spec says.
 
 use crate::error::{CniError, Result};
+use crate::host_local::{self, HostLocal};
 use crate::invocation::{Command, Invocation};
+use crate::plugin::Plugin;
 use crate::types::CniResult;
 use serde::Deserialize;
 use std::io::Write;
 use std::os::unix::process::CommandExt;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::process::{Command as Process, Stdio};
 
@@ -42,13 +45,30 @@ pub fn exec(inv: &Invocation, command: Command) -> Result<Option<CniResult>> {
 pub struct Pending {
     kind: String,
     command: Command,
-    child: std::process::Child,
+    call: Call,
 }
 
-/// Start the IPAM plugin for `command`; `finish` waits for it.
+enum Call {
+    Process(std::process::Child),
+    /// Our own host-local, run in this process: its outcome.
+    Done(Result<Option<CniResult>>),
+}
+
+/// Start the IPAM plugin for `command`; `finish` waits for it. When `ipam.type` is our host-local of this very
+/// build, its code runs here instead of in a process of its own (a fork and exec saved); any other executable of
+/// that name is run as always.
 pub fn start(inv: &Invocation, command: Command) -> Result<Pending> {
     let kind = ipam_type(inv)?;
     let bin = find_plugin(inv, kind)?;
+    if kind == HostLocal::NAME && host_local::is_same_build(&bin) {
+        log::debug!(
+            "{} is our host-local of this very build: its {} runs in this process",
+            bin.display(),
+            command.as_str()
+        );
+        let call = Call::Done(host_local_here(inv, command));
+        return Ok(Pending { kind: kind.to_string(), command, call });
+    }
     let mut process = Process::new(&bin);
     die_with_parent(&mut process);
     let mut child = process
@@ -66,7 +86,32 @@ pub fn start(inv: &Invocation, command: Command) -> Result<Pending> {
         // A plugin that exits without reading gives EPIPE: its exit status says what happened.
         let _ = stdin.write_all(inv.config.raw());
     }
-    Ok(Pending { kind: kind.to_string(), command, child })
+    Ok(Pending { kind: kind.to_string(), command, call: Call::Process(child) })
+}
+
+/// host-local's verb as its executable would run it (it sees the same config, netns and environment), and
+/// its answer read back as a delegating plugin reads any IPAM plugin's: the result through its JSON at the
+/// config's version, an error as a delegated one, a panic as the executable's code 105.
+fn host_local_here(inv: &Invocation, command: Command) -> Result<Option<CniResult>> {
+    let inv = Invocation { command, ..inv.clone() };
+    let version = inv.config.version;
+    let outcome = catch_unwind(AssertUnwindSafe(|| match command {
+        Command::Add => HostLocal::add(&inv).map(|r| Some(r.to_value(version))),
+        Command::Del => HostLocal::del(&inv).map(|_| None),
+        Command::Check => HostLocal::check(&inv).map(|_| None),
+        Command::Status => HostLocal::status(&inv).map(|_| None),
+        Command::Gc => HostLocal::gc(&inv).map(|_| None),
+        Command::Version => Ok(None),
+    }))
+    .unwrap_or_else(|panic| Err(CniError::Internal(crate::plugin::panic_message(&*panic))));
+    match outcome {
+        Ok(Some(result)) => CniResult::from_value(&result).map(Some),
+        Ok(None) => Ok(None),
+        Err(e) => {
+            let reply = serde_json::to_vec(&e.to_json(version.as_str())).unwrap_or_default();
+            Err(delegated_error(HostLocal::NAME, &reply, None))
+        }
+    }
 }
 
 /// The IPAM plugin is killed if we are (a runtime's timeout sends SIGKILL to us alone): left running, it
@@ -92,12 +137,14 @@ impl Pending {
     /// Wait for the IPAM plugin; its result for ADD.
     pub fn finish(self) -> Result<Option<CniResult>> {
         let kind = &self.kind;
-        let out = self
-            .child
-            .wait_with_output()
-            .map_err(|e| CniError::Delegate(format!("waiting for IPAM plugin {kind}: {e}")))?;
+        let child = match self.call {
+            Call::Process(child) => child,
+            Call::Done(outcome) => return outcome,
+        };
+        let out =
+            child.wait_with_output().map_err(|e| CniError::Delegate(format!("waiting for IPAM plugin {kind}: {e}")))?;
         if !out.status.success() {
-            return Err(delegated_error(kind, &out.stdout, out.status));
+            return Err(delegated_error(kind, &out.stdout, Some(out.status)));
         }
         if self.command != Command::Add {
             return Ok(None);
@@ -108,7 +155,7 @@ impl Pending {
     }
 }
 
-fn delegated_error(kind: &str, stdout: &[u8], status: std::process::ExitStatus) -> CniError {
+fn delegated_error(kind: &str, stdout: &[u8], status: Option<std::process::ExitStatus>) -> CniError {
     #[derive(Deserialize)]
     struct Reply {
         code: u32,
@@ -119,7 +166,10 @@ fn delegated_error(kind: &str, stdout: &[u8], status: std::process::ExitStatus) 
     }
     match serde_json::from_slice::<Reply>(stdout) {
         Ok(r) => CniError::Delegated { code: r.code, msg: format!("IPAM {kind}: {}", r.msg), details: r.details },
-        Err(_) => CniError::Delegate(format!("IPAM plugin {kind} failed ({status}) without a CNI error")),
+        Err(_) => CniError::Delegate(format!(
+            "IPAM plugin {kind} failed ({}) without a CNI error",
+            status.map(|s| s.to_string()).unwrap_or_default()
+        )),
     }
 }
 

@@ -6,6 +6,7 @@ pub mod egress;
 pub mod error;
 pub mod files;
 pub mod gojson;
+pub mod host_local;
 pub mod inventory;
 pub mod invocation;
 pub mod ipam;

@@ -40,14 +40,7 @@ pub fn run<P: Plugin>() -> ! {
             log::error!("{e}");
             (Some(e.to_json(version)), false)
         }
-        Err(panic) => {
-            let msg = panic
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_else(|| "panic".into());
-            (Some(CniError::Internal(msg).to_json(CniVersion::LATEST.as_str())), false)
-        }
+        Err(panic) => (Some(CniError::Internal(panic_message(&*panic)).to_json(CniVersion::LATEST.as_str())), false),
     };
     if let Some(reply) = reply {
         let mut out = std::io::stdout().lock();
@@ -56,6 +49,15 @@ pub fn run<P: Plugin>() -> ! {
         let _ = out.flush();
     }
     std::process::exit(if ok { 0 } else { 1 })
+}
+
+/// What a caught panic said.
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "panic".into())
 }
 
 type Failure = (&'static str, CniError);

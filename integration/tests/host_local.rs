@@ -271,3 +271,62 @@ fn bad_input_is_refused_and_writes_nothing() {
     Call::new("host-local", "ADD", "bad", node.path()).env("CNI_ARGS", Some("IP=10.47.0.300")).run(&node, &good).err(4);
     assert!(data.files("").is_empty(), "{:?}", data.files(""));
 }
+
+/// ptp runs our host-local's code in its own process when `ipam.type` resolves to our host-local of the same
+/// build, and as a process otherwise (here a script in front of the same executable): the replies, errors and
+/// stores are the same either way.
+#[test]
+fn ptp_runs_our_host_local_itself_with_the_same_effects_as_running_it() {
+    let wrapper = TempDir::new("hl-wrapper");
+    let script = format!("#!/bin/sh\nexec {} \"$@\"\n", integration::bin_dir().join("host-local").display());
+    std::fs::write(wrapper.path().join("host-local"), script).unwrap();
+    std::fs::set_permissions(wrapper.path().join("host-local"), std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .unwrap();
+    let run_through = |cni_path: Option<String>| {
+        let (node, data, logs) = (Netns::new(), TempDir::new("hl-same"), TempDir::new("hl-log"));
+        let mut c = conf(
+            "1.0.0",
+            &data,
+            json!([[{"subnet": "10.41.0.0/29", "rangeEnd": "10.41.0.3"}], [{"subnet": "fd41::/64"}]]),
+        );
+        c["ipam"]["routes"] = json!([{"dst": "0.0.0.0/0"}]);
+        c["logLevel"] = json!("debug");
+        c["logFile"] = json!(logs.path().join("log"));
+        let mut replies = Vec::new();
+        let pods: Vec<Netns> = (0..3).map(|_| Netns::new()).collect();
+        for (i, pod) in pods.iter().enumerate() {
+            let id = format!("pod{i}");
+            let mut call = Call::new("ptp", "ADD", &id, pod.path());
+            if let Some(path) = &cni_path {
+                call = call.env("CNI_PATH", Some(path));
+            }
+            // The third ADD finds the range full: host-local's error, as ptp passes it on.
+            let reply = call.run(&node, &bytes(&c));
+            let mut v = reply.json();
+            for key in ["interfaces", "mac"] {
+                v.as_object_mut().map(|o| o.remove(key));
+            }
+            replies.push((reply.success, v));
+        }
+        let store = reserved(&data);
+        for (i, pod) in pods.iter().enumerate() {
+            let id = format!("pod{i}");
+            let mut call = Call::new("ptp", "DEL", &id, pod.path());
+            if let Some(path) = &cni_path {
+                call = call.env("CNI_PATH", Some(path));
+            }
+            call.run(&node, &bytes(&c)).ok();
+        }
+        let log = std::fs::read_to_string(logs.path().join("log")).unwrap_or_default();
+        (replies, store, reserved(&data), log.contains("runs in this process"))
+    };
+    let itself = run_through(None);
+    let as_process = run_through(Some(format!("{}:{}", wrapper.str(), integration::cni_path())));
+    assert_eq!(itself.0, as_process.0, "the replies");
+    assert_eq!(itself.0.iter().map(|r| r.0).collect::<Vec<_>>(), [true, true, false], "{:?}", itself.0);
+    assert!(itself.0[2].1["msg"].as_str().unwrap().starts_with("IPAM host-local: no free address"), "{:?}", itself.0);
+    assert_eq!(itself.1, as_process.1, "the store after the ADDs");
+    assert_eq!(itself.1.len(), 2 * 2);
+    assert_eq!((itself.2.len(), as_process.2.len()), (0, 0), "the DELs released everything");
+    assert_eq!((itself.3, as_process.3), (true, false), "which ran it in its own process");
+}

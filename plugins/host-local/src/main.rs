@@ -1,86 +1,16 @@
-//! host-local: IPAM from ranges configured per network, stored on the node's disk in the reference's format.
+//! host-local: IPAM from ranges configured per network, stored on the node's disk in the reference's format
+//! (`common::host_local`).
 
-mod allocator;
-mod config;
-mod dns;
-mod range;
+use common::host_local::{HostLocal, MARKER};
 
-use common::ipam_store::{self as store, Store};
-use common::{CniError, CniResult, Invocation, Plugin, Result};
-use config::{settings, Settings};
-
-struct HostLocal;
-
-/// The ID only goes into files, but `..` is refused all the same.
-fn refuse_dotdot(inv: &Invocation) -> Result<()> {
-    if inv.container_id.contains("..") {
-        return Err(CniError::InvalidEnv(format!("CNI_CONTAINERID {:?} contains \"..\"", inv.container_id)));
-    }
-    Ok(())
-}
-
-/// Settings for a verb on one attachment.
-fn attachment_settings(inv: &Invocation) -> Result<Settings> {
-    refuse_dotdot(inv)?;
-    settings(inv)
-}
-
-impl Plugin for HostLocal {
-    const NAME: &'static str = "host-local";
-    const ABOUT: &'static str =
-        "IPAM: addresses from ranges per network, kept on the node's disk in the reference host-local's format";
-
-    fn add(inv: &Invocation) -> Result<CniResult> {
-        let s = attachment_settings(inv)?;
-        let dns = s.resolv_conf.as_deref().map(dns::read).transpose()?.unwrap_or_default();
-        let store = Store::open(&s.data_dir, &s.network)?;
-        let ips = allocator::allocate(&store, &s.range_sets, &s.requested, &inv.container_id, &inv.ifname)?;
-        Ok(CniResult { ips, routes: s.routes, dns, interfaces: Vec::new() })
-    }
-
-    fn del(inv: &Invocation) -> Result<()> {
-        refuse_dotdot(inv)?;
-        let (data_dir, network) = config::store_location(inv)?;
-        if let Some(store) = Store::open_existing(&data_dir, &network)? {
-            let released = allocator::release(&store, &inv.container_id, &inv.ifname)?;
-            log::debug!("released {released:?}");
-        }
-        Ok(())
-    }
-
-    fn check(inv: &Invocation) -> Result<()> {
-        let s = attachment_settings(inv)?;
-        let prev = inv.config.prev_result()?;
-        let store = Store::open_existing(&s.data_dir, &s.network)?.ok_or_else(|| {
-            CniError::CheckFailed(format!("no store for network {} in {}", s.network, s.data_dir.display()))
-        })?;
-        allocator::check(&store, &s.range_sets, prev.as_ref(), &inv.container_id, &inv.ifname)
-    }
-
-    fn status(inv: &Invocation) -> Result<()> {
-        let s = settings(inv)?;
-        common::files::probe_writable(&s.data_dir.join(&s.network)).map_err(CniError::NotAvailable)?;
-        let reserved = match Store::open_existing(&s.data_dir, &s.network)? {
-            Some(store) => store::reserved_set(&store.reservations()?),
-            None => Default::default(),
-        };
-        match s.range_sets.iter().position(|set| !set.has_free(&reserved)) {
-            Some(i) => Err(CniError::NotAvailable(format!("range set {i} ({}) has no free address", s.range_sets[i]))),
-            None => Ok(()),
-        }
-    }
-
-    fn gc(inv: &Invocation) -> Result<()> {
-        let s = settings(inv)?;
-        if let Some(store) = Store::open_existing(&s.data_dir, &s.network)? {
-            let released = allocator::gc(&store, &inv.config.valid_attachments())?;
-            if !released.is_empty() {
-                log::info!("GC released {released:?}");
-            }
-        }
-        Ok(())
-    }
-}
+/// Says to a main plugin of the same build that it may run host-local's code itself (kept by `#[used]`,
+/// stripped binaries included).
+#[used]
+#[link_section = ".cni_chain_ipam"]
+static SAME_BUILD: [u8; MARKER.len()] = match MARKER.first_chunk() {
+    Some(marker) => *marker,
+    None => panic!("the marker's length"),
+};
 
 fn main() {
     common::run::<HostLocal>()

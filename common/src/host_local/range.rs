@@ -1,7 +1,7 @@
 //! Address ranges as the reference host-local reads them, on `u128` so IPv4 and IPv6 share one arithmetic.
 
-use common::types::{network_of, opt_ip, parse_cidr};
-use common::{CniError, Result};
+use crate::types::{network_of, opt_ip, parse_cidr};
+use crate::{CniError, Result};
 use ipnetwork::IpNetwork;
 use serde::Deserialize;
 use std::collections::HashSet;

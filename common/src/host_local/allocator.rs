@@ -1,9 +1,9 @@
 //! What each verb does to the store, under its lock: one address per range set for an attachment.
 
-use crate::range::RangeSet;
-use common::ipam_store::{held_by, Store};
-use common::types::{Attachment, CniResult, IpConfig};
-use common::{CniError, Result};
+use super::range::RangeSet;
+use crate::ipam_store::{held_by, Store};
+use crate::types::{Attachment, CniResult, IpConfig};
+use crate::{CniError, Result};
 use std::collections::HashSet;
 use std::net::IpAddr;
 
@@ -157,7 +157,7 @@ pub fn gc(store: &Store, valid: &[Attachment]) -> Result<Vec<IpAddr>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::range::RangeConf;
+    use crate::host_local::range::RangeConf;
     use std::path::PathBuf;
 
     struct Tmp(PathBuf);

@@ -1,10 +1,10 @@
 //! host-local's config, as the reference reads it: `ipam.ranges` (and the older single range), routes,
 //! dataDir, resolvConf, and the addresses a runtime asks for.
 
-use crate::range::{RangeConf, RangeSet};
-use common::ipam_store::DEFAULT_DATA_DIR;
-use common::types::{opt_ip, Route};
-use common::{CniError, Invocation, Result};
+use super::range::{RangeConf, RangeSet};
+use crate::ipam_store::DEFAULT_DATA_DIR;
+use crate::types::{opt_ip, Route};
+use crate::{CniError, Invocation, Result};
 use serde::Deserialize;
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -83,7 +83,7 @@ struct StoreConf {
 
 #[derive(Debug, Deserialize)]
 struct StoreIpam {
-    #[serde(rename = "dataDir", default, deserialize_with = "common::types::lenient")]
+    #[serde(rename = "dataDir", default, deserialize_with = "crate::types::lenient")]
     data_dir: Option<String>,
 }
 
@@ -98,7 +98,7 @@ pub fn store_location(inv: &Invocation) -> Result<(PathBuf, String)> {
     let conf: Option<StoreConf> = inv.config.plugin_part().ok();
     let dir = conf.and_then(|c| c.ipam).and_then(|i| i.data_dir).filter(|d| !d.is_empty());
     let data_dir = PathBuf::from(dir.unwrap_or_else(|| DEFAULT_DATA_DIR.into()));
-    common::files::refuse_symlink(&data_dir, "dataDir")?;
+    crate::files::refuse_symlink(&data_dir, "dataDir")?;
     Ok((data_dir, network))
 }
 
@@ -164,7 +164,7 @@ pub fn settings(inv: &Invocation) -> Result<Settings> {
     }
 
     let data_dir = PathBuf::from(ipam.data_dir.filter(|d| !d.is_empty()).unwrap_or_else(|| DEFAULT_DATA_DIR.into()));
-    common::files::refuse_symlink(&data_dir, "dataDir")?;
+    crate::files::refuse_symlink(&data_dir, "dataDir")?;
     let resolv_conf = ipam.resolv_conf.filter(|p| !p.is_empty()).map(PathBuf::from);
     Ok(Settings { network, data_dir, range_sets, routes: ipam.routes, resolv_conf, requested })
 }
@@ -172,8 +172,8 @@ pub fn settings(inv: &Invocation) -> Result<Settings> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use common::conf::Config;
-    use common::invocation::{CniArgs, Command};
+    use crate::conf::Config;
+    use crate::invocation::{CniArgs, Command};
 
     fn inv(conf: &str, cni_args: &str) -> Invocation {
         Invocation {

@@ -1,7 +1,7 @@
 //! `resolvConf`: the DNS settings of a resolv.conf-style file, reported in the result.
 
-use common::types::Dns;
-use common::{CniError, Result};
+use crate::types::Dns;
+use crate::{CniError, Result};
 use std::path::Path;
 
 pub fn read(path: &Path) -> Result<Dns> {
