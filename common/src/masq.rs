@@ -100,14 +100,15 @@ impl GroupMasq<'_> {
             .add_nat_postrouting_chain(self.table, &chain)
             .flush_chain(self.table, &chain)
             .add_rule(self.table, &chain, self.rule(), &self.tag());
-        for (set, elements) in group_sets(nft, self.table)? {
-            let stale: Vec<IpAddr> = elements
-                .iter()
-                .filter(|e| {
-                    ips.contains(&e.key) && (e.comment.as_deref() != Some(tag) || set != member_set_of(&chain, e.key))
-                })
-                .map(|e| e.key)
-                .collect();
+        // Each member set of the family is asked for the pod's addresses: the cost does not grow with the pods.
+        for set in nft.sets(self.table)?.into_iter().filter(|s| group_chain_of_set(s).is_some()) {
+            let mut stale = Vec::new();
+            for ip in ips.iter().filter(|ip| set.ends_with(if ip.is_ipv6() { "_v6" } else { "_v4" })) {
+                let held = nft.element(self.table, &set, *ip)?;
+                if held.is_some_and(|e| e.comment.as_deref() != Some(tag) || set != member_set_of(&chain, *ip)) {
+                    stale.push(*ip);
+                }
+            }
             if !stale.is_empty() {
                 b.delete_elements(self.table, &set, &stale);
             }
@@ -351,12 +352,16 @@ impl PodMasq<'_> {
             );
         }
         b.add_rule(self.table, &chain, Rule::new().masquerade(self.random_fully), "cni-chain: masquerade the rest");
-        // An address still mapped for another attachment (leaked by a crash) is taken over.
-        let existing = self.elements(nft)?;
+        // An address still mapped for another attachment (leaked by a crash) is taken over. Each address is
+        // asked for, not the maps dumped: the cost does not grow with the pods.
+        let mut existing = Vec::new();
+        for ip in ips {
+            existing.extend(nft.element(self.table, n.map_for(*ip), *ip)?);
+        }
         for map in n.maps {
             let stale: Vec<IpAddr> = existing
                 .iter()
-                .filter(|e| n.map_for(e.key) == map && ips.contains(&e.key) && e.comment.as_deref() != Some(tag))
+                .filter(|e| n.map_for(e.key) == map && e.comment.as_deref() != Some(tag))
                 .map(|e| e.key)
                 .collect();
             if !stale.is_empty() {

@@ -766,6 +766,38 @@ impl Nft {
         Err(CniError::TryAgainLater(format!("the dump of set {set} kept being interrupted by concurrent changes")))
     }
 
+    /// The element of `set` with `key`, if there is one: one element asked for, not the whole set dumped, so
+    /// an ADD costs the same whatever the number of pods.
+    pub fn element(&mut self, table: &str, set: &str, key: IpAddr) -> Result<Option<Element>> {
+        let seq = self.seq;
+        let wanted = ListAttribute::Element(vec![SetElementAttribute::Key(DataAttribute::Value(addr_bytes(key)))]);
+        let req = NfTablesMessage::GetSetElement(Batch::elements(table, set, vec![wanted]));
+        let buf = self.message(NetfilterProtoFamily::Inet, req.into(), NLM_F_ACK);
+        self.socket.send(&buf, 0).map_err(|e| nl_err("element request", e))?;
+        let mut found = None;
+        loop {
+            let mut buf = Vec::with_capacity(1 << 16);
+            self.socket.recv(&mut buf, 0).map_err(|e| nl_err("reading the kernel's answer", e))?;
+            for (kind, _, msg_seq, payload) in raw_messages(&buf) {
+                if msg_seq != seq {
+                    continue;
+                }
+                match kind {
+                    NFT_MSG_NEWSETELEM_TYPE => found = raw_set_elements(payload).into_iter().find(|e| e.key == key),
+                    NLMSG_ERROR => {
+                        let code = payload.get(..4).map_or(0, |c| i32::from_ne_bytes([c[0], c[1], c[2], c[3]]));
+                        return match code {
+                            0 => Ok(found),
+                            c if c == -libc::ENOENT => Ok(None),
+                            c => Err(nl_err("element request", errno_text(c))),
+                        };
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
     /// One dump of a set's elements; None when the kernel says a concurrent change interrupted it. A dump in
     /// several parts can meet the same element twice while others change the set: a key counts once.
     fn elements_once(&mut self, table: &str, set: &str) -> Result<Option<Vec<Element>>> {

@@ -329,3 +329,31 @@ fn shipped_chain_with_the_reference_portmap_and_bandwidth() {
     assert_eq!(s.node.ip_json(&["link", "show", "type", "ifb"]), json!([]));
     assert!(!s.node.has_nft_table("cni_chain"), "our rule goes with the last pod");
 }
+
+/// An address a crashed attachment still holds in a member set is taken over by the next pod that gets it:
+/// ADD asks for that one address rather than reading every member.
+#[test]
+fn group_add_takes_over_an_address_a_leaked_member_holds() {
+    let (s, data) = (site(), TempDir::new("masq-takeover"));
+    let chain = shipped_chain(&data);
+    let pods = [Netns::new(), Netns::new(), Netns::new()];
+    let r0 = chain.add(&s.node, "p0", pods[0].path());
+    let r1 = chain.add(&s.node, "p1", pods[1].path());
+    chain.del(&s.node, "p1", pods[1].path(), Some(&r1));
+    // host-local hands out the address after the last one it gave.
+    let next = match pod_ip(&r1, false) {
+        IpAddr::V4(v4) => IpAddr::V4((u32::from(v4) + 1).into()),
+        IpAddr::V6(_) => unreachable!(),
+    };
+    let leaked = format!(r#"{{ {next} comment "cni-chain:masquerade:cni-chain-masq:leaked/eth0" }}"#);
+    s.node.nft(&["add", "element", "inet", "cni_chain", "masq_group_8_v4", &leaked]);
+    let r2 = chain.add(&s.node, "p2", pods[2].path());
+    assert_eq!(pod_ip(&r2, false), next);
+    let members = s.node.nft_elements("masq_group_8_v4");
+    let holder = members.iter().find(|(k, _)| *k == next.to_string()).map(|(_, c)| c.as_str());
+    assert_eq!(holder, Some("cni-chain:masquerade:cni-chain-masq:p2/eth0"), "{members:?}");
+    assert_eq!(s.outside.peer_of(&pods[2], "192.0.2.2"), Some(ip("192.0.2.1")), "p2 is masqueraded");
+    chain.del(&s.node, "p2", pods[2].path(), Some(&r2));
+    chain.del(&s.node, "p0", pods[0].path(), Some(&r0));
+    assert!(!s.node.has_nft_table("cni_chain"), "{}", s.node.nft(&["list", "ruleset"]));
+}

@@ -64,8 +64,9 @@ impl Snat<'_> {
             .flush_chain(self.table, &name)
             .add_rule(self.table, &name, self.rule(), &self.rule_tag());
         // The address may still be held by an attachment that leaked (crash) or under an older node address.
-        for (set, elements) in egress_sets(nft, self.table, self.v6())? {
-            if elements.iter().any(|e| e.key == key && (set != name || e.comment.as_deref() != Some(tag))) {
+        // Each set is asked for the one address: the cost does not grow with the pods.
+        for set in nft.sets(self.table)?.into_iter().filter(|s| s.starts_with(prefix(self.v6()))) {
+            if nft.element(self.table, &set, key)?.is_some_and(|e| set != name || e.comment.as_deref() != Some(tag)) {
                 b.delete_elements(self.table, &set, &[key]);
             }
         }
