@@ -1,6 +1,8 @@
 //! `make bench`: ADD/DEL latency of our chains against the reference Go plugins, side by side and interleaved,
 //! its growth with live pods, the floor (the same kernel work from one minimal process, and a bare
-//! fork+exec), and each plugin's peak RSS and stripped size. Everything runs in throwaway namespaces.
+//! fork+exec), each plugin's start cost above a bare static executable's, and each plugin's peak RSS and
+//! stripped size, then whether the speed aims are met. Everything runs in throwaway namespaces. Our plugins are
+//! taken from `CNI_CHAIN_BIN_DIR` when set (`make bench`: the static release binaries).
 //! Writes RESULTS.md and results.json into the output directory; bench/plot.py draws growth.png from the JSON.
 //!
 //!     cni-chain-bench [--quick] [--levels 1,100,500,1000] [--out DIR]
@@ -12,6 +14,7 @@ mod latency;
 mod pod;
 mod report;
 mod setups;
+mod start;
 mod stats;
 
 use setups::{Chain, Floor, ForkExec, Subject};
@@ -42,17 +45,27 @@ fn options() -> Options {
 
 fn main() {
     let opts = options();
-    let (ours_ptp, ours_chain) = (Chain::ours_ptp(), Chain::ours_chain());
+    let (ours_ptp, ours_ptp_masq, ours_chain) = (Chain::ours_ptp(), Chain::ours_ptp_masq(), Chain::ours_chain());
     let (ref_masq, ref_plain) = (Chain::reference_ptp(true), Chain::reference_ptp(false));
     let (ours_portmap, ref_portmap) = (Chain::ours_with_portmap(), Chain::reference_with_portmap());
     let ours_policy_route = Chain::ours_policy_route();
-    let chains = [&ours_ptp, &ours_chain, &ref_masq, &ref_plain, &ours_portmap, &ref_portmap, &ours_policy_route];
+    let chains = [
+        &ours_ptp,
+        &ours_ptp_masq,
+        &ours_chain,
+        &ref_masq,
+        &ref_plain,
+        &ours_portmap,
+        &ref_portmap,
+        &ours_policy_route,
+    ];
     // Measured first, while this process is small: see exec.rs.
     let rss = footprint::peak_rss(&chains);
 
     let floor = Floor::default();
     let subjects: Vec<&dyn Subject> = vec![
         &ours_ptp,
+        &ours_ptp_masq,
         &ours_chain,
         &ref_masq,
         &ref_plain,
@@ -64,6 +77,7 @@ fn main() {
     ];
     let keys = [
         "ours_ptp",
+        "ours_ptp_masq",
         "ours_chain",
         "ref_ptp_masq",
         "ref_ptp",
@@ -83,6 +97,9 @@ fn main() {
         }
     }
 
+    eprintln!("start costs: VERSION of each plugin against a bare static executable");
+    let start = start::run(opts.samples, 3);
+
     eprintln!("growth: {:?} live pods", opts.levels);
     let growing: [(&str, &dyn Subject); 3] =
         [("ours_chain", &ours_chain), ("ref_ptp_masq", &ref_masq), ("floor", &floor)];
@@ -94,11 +111,13 @@ fn main() {
         growth: growing.iter().zip(growth).map(|((k, s), levels)| (*k, s.label(), levels)).collect(),
         rss,
         calls,
+        start,
         sizes: footprint::sizes(),
+        bin_dir: integration::bin_dir().display().to_string(),
     };
     report.write(&opts.out);
-    if let Some((ours, reference)) = report.headline("ours_chain", "ref_ptp_masq") {
-        eprintln!("ADD+DEL median: ours {ours:.1} ms, reference {reference:.1} ms: {:.1}× faster", reference / ours);
+    for aim in report.aims() {
+        eprintln!("{}: {} ({})", if aim.met { "met" } else { "NOT MET" }, aim.what, aim.measured);
     }
     eprintln!("wrote {}", opts.out.join("RESULTS.md").display());
 }

@@ -16,7 +16,21 @@ pub struct Report<'a> {
     /// Per plugin and verb, from the latency runs.
     pub calls: BTreeMap<String, Samples>,
     pub sizes: BTreeMap<String, u64>,
+    /// VERSION of each plugin and the bare static executable's start (`start.rs`).
+    pub start: Vec<(String, Samples)>,
+    /// Where our plugins were taken from.
+    pub bin_dir: String,
 }
+
+/// One of the speed aims (issue 19) and whether this run met it.
+pub struct Aim {
+    pub what: String,
+    pub measured: String,
+    pub met: bool,
+}
+
+/// At most this much above a bare static executable's start, on a verb that changes nothing.
+const START_BUDGET_MS: f64 = 0.3;
 
 pub fn machine() -> String {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
@@ -38,6 +52,73 @@ fn ratio(ours: f64, reference: f64) -> String {
 }
 
 impl Report<'_> {
+    fn bare_start(&self) -> f64 {
+        self.start.iter().find(|(n, _)| n == crate::start::BARE).map_or(0.0, |(_, s)| s.median())
+    }
+
+    fn add_ratio(&self, ours: &str, reference: &str) -> Option<(f64, f64)> {
+        Some((self.latency_of(ours)?.add.median(), self.latency_of(reference)?.add.median()))
+    }
+
+    /// (ADD, DEL) growth of the medians from the first level to the last.
+    fn growth_of(&self, key: &str) -> Option<(f64, f64)> {
+        let series = &self.growth.iter().find(|(k, _, _)| *k == key)?.2;
+        let (first, last) = (series.first()?, series.last()?);
+        (series.len() > 1).then(|| (last.add.median() - first.add.median(), last.del.median() - first.del.median()))
+    }
+
+    /// The aims of issue 19, measured in this run.
+    pub fn aims(&self) -> Vec<Aim> {
+        let mut aims = Vec::new();
+        for (key, factor, what) in [
+            ("ours_ptp_masq", 5.0, "ptp (ipMasq, linkGroup) + host-local ADD at least 5× faster than reference ptp (ipMasq) + host-local"),
+            ("ours_chain", 3.5, "ptp + linkgroup + masquerade + host-local ADD at least 3.5× faster than reference ptp (ipMasq) + host-local"),
+        ] {
+            if let Some((o, r)) = self.add_ratio(key, "ref_ptp_masq") {
+                let measured = format!("{o:.2} ms against {r:.2} ms: {:.1}×", r / o);
+                aims.push(Aim { what: what.into(), measured, met: r >= factor * o });
+            }
+        }
+        if let (Some((add, del)), Some((floor_add, floor_del))) =
+            (self.growth_of("ours_chain"), self.growth_of("floor"))
+        {
+            let levels = self.growth[0].2.iter().map(|l| l.live.to_string()).collect::<Vec<_>>().join(" → ");
+            aims.push(Aim {
+                what: format!("the chain's ADD grows no more than the floor's ({levels} live pods)"),
+                measured: format!("{add:+.2} ms against the floor's {floor_add:+.2} ms"),
+                met: add <= floor_add.max(0.0),
+            });
+            let first_del = self.growth_of_first_del("ours_chain");
+            aims.push(Aim {
+                what: "the chain's DEL is flat: it grows no more than the floor's, give or take 10% of its first level"
+                    .into(),
+                measured: format!("{del:+.2} ms against the floor's {floor_del:+.2} ms"),
+                met: del <= floor_del.max(0.0) + 0.1 * first_del,
+            });
+        }
+        let bare = self.bare_start();
+        let worst = self
+            .start
+            .iter()
+            .filter(|(n, _)| n.starts_with("ours "))
+            .map(|(n, s)| (n.as_str(), s.median() - bare))
+            .max_by(|a, b| a.1.total_cmp(&b.1));
+        if let Some((name, above)) = worst {
+            aims.push(Aim {
+                what: format!(
+                    "no plugin spends more than {START_BUDGET_MS} ms above a bare static executable's start on VERSION"
+                ),
+                measured: format!("the most: {name}, {above:+.2} ms (bare start {bare:.2} ms)"),
+                met: above <= START_BUDGET_MS,
+            });
+        }
+        aims
+    }
+
+    fn growth_of_first_del(&self, key: &str) -> f64 {
+        self.growth.iter().find(|(k, _, _)| *k == key).and_then(|(_, _, s)| s.first()).map_or(0.0, |l| l.del.median())
+    }
+
     fn latency_of(&self, key: &str) -> Option<&Latency> {
         self.latency.iter().find(|(k, _, _)| *k == key).map(|(_, _, l)| l)
     }
@@ -57,13 +138,19 @@ impl Report<'_> {
              runtime sees them, summed over the chain's plugins. Every subject has its own node netns; every sample \
              is a fresh pod netns; subjects take turns sample by sample, in a rotating order, so drift hits all alike.\n"
         );
-        let _ = writeln!(md, "## ADD and DEL latency\n");
+        let _ = writeln!(md, "Our plugins: `{}`.\n", self.bin_dir);
+        let _ = writeln!(md, "## Aims\n\n| aim | measured | |\n|---|---|---|");
+        for aim in self.aims() {
+            let _ =
+                writeln!(md, "| {} | {} | {} |", aim.what, aim.measured, if aim.met { "met" } else { "**not met**" });
+        }
+        let _ = writeln!(md, "\n## ADD and DEL latency\n");
         let _ = writeln!(md, "| chain | n | ADD median | ADD p95 | DEL median | DEL p95 | ADD+DEL median | against |");
         let _ = writeln!(md, "|---|---|---|---|---|---|---|---|");
         for (key, label, l) in &self.latency {
             let total = l.add.paired_sum(&l.del).median();
             let against = match *key {
-                "ours_ptp" | "ours_chain" => {
+                "ours_ptp" | "ours_ptp_masq" | "ours_chain" => {
                     self.headline(key, "ref_ptp_masq").map(|(o, r)| ratio(o, r) + " than reference ptp (ipMasq)")
                 }
                 "ours_portmap" => {
@@ -90,15 +177,20 @@ impl Report<'_> {
                 r / o
             );
         }
-        let _ = writeln!(md, "\n### Per plugin\n\nEach plugin's own calls in the chains above (ms; ptp's include the host-local it runs).\n");
-        let _ = writeln!(md, "| plugin and verb | n | median | p95 |\n|---|---|---|---|");
-        for (name, samples) in &self.calls {
+        let bare = self.bare_start();
+        let _ = writeln!(md, "\n### Per plugin\n\nEach plugin's own calls in the chains above (ms; ptp's include its host-local, run in ptp's own process when it is ours of the same build), then VERSION alone, which changes nothing; each against the start of a bare static executable (a C `main` that returns, `gcc -static`: {bare:.2} ms here).\n");
+        let _ =
+            writeln!(md, "| plugin and verb | n | median | p95 | above a bare static start |\n|---|---|---|---|---|");
+        for (name, samples) in
+            self.calls.iter().chain(self.start.iter().filter(|(n, _)| n != crate::start::BARE).map(|(n, s)| (n, s)))
+        {
             let _ = writeln!(
                 md,
-                "| {name} | {} | {:.1} | {:.1} |",
+                "| {name} | {} | {:.2} | {:.2} | {:+.2} |",
                 samples.0.len(),
                 samples.median(),
-                samples.percentile(95.0)
+                samples.percentile(95.0),
+                samples.median() - bare
             );
         }
         let _ = writeln!(md, "\n## Growth with live pods\n");
@@ -147,8 +239,12 @@ impl Report<'_> {
                 .collect();
             growth.insert(key.to_string(), json!({"label": label, "levels": levels}));
         }
-        json!({"machine": machine, "command": self.command, "latency": latency, "growth": growth,
-               "rss_kib": self.rss, "stripped_bytes": self.sizes})
+        let start: Map<String, Value> = self.start.iter().map(|(n, s)| (n.clone(), s.to_json())).collect();
+        let aims: Vec<Value> =
+            self.aims().iter().map(|a| json!({"aim": a.what, "measured": a.measured, "met": a.met})).collect();
+        json!({"machine": machine, "command": self.command, "binaries": self.bin_dir, "aims": aims,
+               "latency": latency, "growth": growth, "start": start, "rss_kib": self.rss,
+               "stripped_bytes": self.sizes})
     }
 
     pub fn write(&self, dir: &Path) {

@@ -49,6 +49,11 @@ fn reference(name: &str) -> PathBuf {
     PathBuf::from(REFERENCE_DIR).join(name)
 }
 
+/// The bench's own executables (the floor): beside this one.
+fn bench_bin(name: &str) -> PathBuf {
+    std::env::current_exe().ok().and_then(|me| me.parent().map(|dir| dir.join(name))).unwrap_or_else(|| name.into())
+}
+
 fn ptp(ip_masq: bool, data: &TempDir) -> Value {
     json!({
         "type": "ptp",
@@ -93,6 +98,20 @@ impl Chain {
         let data = TempDir::new("bench");
         let plugins = vec![(ours("ptp"), ptp(false, &data))];
         Chain::new("ours_ptp", "ours: ptp + host-local", false, plugins, data)
+    }
+
+    /// The reference's features (ipMasq) and ours (linkGroup) in our one plugin.
+    pub fn ours_ptp_masq() -> Chain {
+        let data = TempDir::new("bench");
+        let mut conf = ptp(true, &data);
+        conf["linkGroup"] = json!(8);
+        Chain::new(
+            "ours_ptp_masq",
+            "ours: ptp (ipMasq, linkGroup) + host-local",
+            false,
+            vec![(ours("ptp"), conf)],
+            data,
+        )
     }
 
     pub fn ours_chain() -> Chain {
@@ -242,14 +261,14 @@ impl Subject for Floor {
         let host = format!("floor{n}");
         let cidr = format!("10.61.{}.{}/16", n / 250, n % 250 + 2);
         let args = ["add", pod.path(), &host, &cidr, "10.61.0.1"];
-        let run = exec::run(node, &ours("cni-chain-floor"), &args, &[], b"", false);
+        let run = exec::run(node, &bench_bin("cni-chain-floor"), &args, &[], b"", false);
         assert!(run.status.success(), "cni-chain-floor {args:?} failed");
         (run.elapsed, Added::HostIfname(host))
     }
 
     fn del(&self, node: &Netns, _id: &str, _pod: &PodNetns, added: &Added) -> Duration {
         let Added::HostIfname(host) = added else { unreachable!("the floor's ADD gives its veth") };
-        let run = exec::run(node, &ours("cni-chain-floor"), &["del", host], &[], b"", false);
+        let run = exec::run(node, &bench_bin("cni-chain-floor"), &["del", host], &[], b"", false);
         assert!(run.status.success(), "cni-chain-floor del {host} failed");
         run.elapsed
     }

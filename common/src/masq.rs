@@ -8,7 +8,7 @@
 //! in use is refused by the kernel at commit, so a concurrent ADD never loses its state.
 
 use crate::error::{CniError, Result};
-use crate::nft::{Batch, Element, Nft, Rule, MAX_COMMENT};
+use crate::nft::{Batch, Element, Nft, Rule, RuleInfo, MAX_COMMENT};
 use ipnetwork::IpNetwork;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -86,11 +86,16 @@ impl GroupMasq<'_> {
         Ok(rules.len() == 1 && rules[0].comment.as_deref() == Some(self.tag().as_str()))
     }
 
-    /// Join attachment `tag` (addresses `ips`) to the rule. One batch makes the structure, rewrites the rule
-    /// (so concurrent ADDs converge, and a chain a concurrent last DEL just pruned comes back whole) and adds
-    /// the members; an address still held by another attachment (leaked by a crash) is taken over.
+    /// Join attachment `tag` (addresses `ips`) to the rule; an address still held by another attachment (leaked
+    /// by a crash) is taken over. When the rule is as this config wants it, only the members are added;
+    /// otherwise one batch makes the structure, rewrites the rule (so concurrent ADDs converge, and a chain a
+    /// concurrent last DEL just pruned comes back whole) and adds the members.
     pub fn add(&self, nft: &mut Nft, tag: &str, ips: &[IpAddr]) -> Result<()> {
         check_tag(tag)?;
+        let members = self.members(nft, tag, ips)?;
+        if self.is_current(nft)? && apply_members(nft, &members, "adding the group's members") {
+            return Ok(());
+        }
         let chain = self.chain();
         let [v4, v6] = member_sets(&chain);
         let mut b = Batch::new();
@@ -99,7 +104,16 @@ impl GroupMasq<'_> {
             .add_set(self.table, &v6, true)
             .add_nat_postrouting_chain(self.table, &chain)
             .flush_chain(self.table, &chain)
-            .add_rule(self.table, &chain, self.rule(), &self.tag());
+            .add_rule(self.table, &chain, self.rule(), &self.tag())
+            .append(members);
+        nft.apply(&b, "installing the group masquerade rule")
+    }
+
+    /// The batch that makes `ips` the attachment's members, taking over any a leaked attachment holds.
+    fn members(&self, nft: &mut Nft, tag: &str, ips: &[IpAddr]) -> Result<Batch> {
+        let chain = self.chain();
+        let [v4, v6] = member_sets(&chain);
+        let mut b = Batch::new();
         // Each member set of the family is asked for the pod's addresses: the cost does not grow with the pods.
         for set in nft.sets(self.table)?.into_iter().filter(|s| group_chain_of_set(s).is_some()) {
             let mut stale = Vec::new();
@@ -123,7 +137,7 @@ impl GroupMasq<'_> {
                 b.add_elements(self.table, set, &members);
             }
         }
-        nft.apply(&b, "installing the group masquerade rule")
+        Ok(b)
     }
 
     pub fn check(&self, nft: &mut Nft, tag: &str, ips: &[IpAddr]) -> Result<()> {
@@ -146,6 +160,19 @@ impl GroupMasq<'_> {
             }
         }
         Ok(())
+    }
+}
+
+/// When the structure is as the config wants it already (the common case), a batch of elements alone: it
+/// commits without the wait of a batch that touches chains or rules (about 10 ms here). False when it failed,
+/// such as when a concurrent last DEL just pruned the structure: the caller makes it whole then.
+pub fn apply_members(nft: &mut Nft, members: &Batch, what: &str) -> bool {
+    match nft.apply(members, what) {
+        Ok(()) => true,
+        Err(e) => {
+            log::debug!("{e}: making the structure whole again");
+            false
+        }
     }
 }
 
@@ -320,44 +347,72 @@ impl PodMasq<'_> {
         check_tag(tag)?;
         let n = self.names;
         let chain = n.exclusion_chain(excludes, self.random_fully);
+        let members = self.members(nft, tag, ips, &chain)?;
+        if self.is_current(nft, &chain, excludes)? && apply_members(nft, &members, "adding the pod's masquerade") {
+            return Ok(());
+        }
         let mut b = Batch::new();
         b.add_table(self.table)
             .add_vmap(self.table, n.maps[0], false)
             .add_vmap(self.table, n.maps[1], true)
             .add_nat_postrouting_chain(self.table, n.chain)
-            .flush_chain(self.table, n.chain)
-            .add_rule(
-                self.table,
-                n.chain,
-                Rule::new().saddr_vmap(false, n.maps[0]),
-                "cni-chain: per-pod masquerade (IPv4)",
-            )
-            .add_rule(
-                self.table,
-                n.chain,
-                Rule::new().saddr_vmap(true, n.maps[1]),
-                "cni-chain: per-pod masquerade (IPv6)",
-            )
-            .add_chain(self.table, &chain)
-            .flush_chain(self.table, &chain);
+            .flush_chain(self.table, n.chain);
+        for (rule, comment) in self.base_rules() {
+            b.add_rule(self.table, n.chain, rule, comment);
+        }
+        b.add_chain(self.table, &chain).flush_chain(self.table, &chain);
+        for (rule, comment) in self.exclusion_rules(excludes) {
+            b.add_rule(self.table, &chain, rule, &comment);
+        }
+        b.append(members);
+        nft.apply(&b, "adding the pod's masquerade")
+    }
+
+    /// The base chain's rules: each family's source address looked up in its map.
+    fn base_rules(&self) -> [(Rule, &'static str); 2] {
+        let maps = self.names.maps;
+        [
+            (Rule::new().saddr_vmap(false, maps[0]), "cni-chain: per-pod masquerade (IPv4)"),
+            (Rule::new().saddr_vmap(true, maps[1]), "cni-chain: per-pod masquerade (IPv6)"),
+        ]
+    }
+
+    /// An exclusion chain's rules: return towards each excluded network and multicast, masquerade the rest.
+    fn exclusion_rules(&self, excludes: &[IpNetwork]) -> Vec<(Rule, String)> {
         let mut nets: Vec<IpNetwork> = excludes.to_vec();
         nets.push(multicast(false));
         nets.push(multicast(true));
-        for net in nets {
-            b.add_rule(
-                self.table,
-                &chain,
-                Rule::new().daddr_in(net).verdict_return(),
-                &format!("cni-chain: keep the pod's address towards {net}"),
-            );
+        let mut rules: Vec<(Rule, String)> = nets
+            .into_iter()
+            .map(|net| {
+                (Rule::new().daddr_in(net).verdict_return(), format!("cni-chain: keep the pod's address towards {net}"))
+            })
+            .collect();
+        rules.push((Rule::new().masquerade(self.random_fully), "cni-chain: masquerade the rest".into()));
+        rules
+    }
+
+    /// Whether the base chain and the exclusion chain hold the rules this config makes (by their comments).
+    fn is_current(&self, nft: &mut Nft, chain: &str, excludes: &[IpNetwork]) -> Result<bool> {
+        let comments = |rules: Vec<RuleInfo>| rules.into_iter().map(|r| r.comment.unwrap_or_default()).collect();
+        let base: Vec<String> = comments(nft.rules(self.table, self.names.chain)?);
+        if base != self.base_rules().map(|(_, c)| c.to_string()) {
+            return Ok(false);
         }
-        b.add_rule(self.table, &chain, Rule::new().masquerade(self.random_fully), "cni-chain: masquerade the rest");
-        // An address still mapped for another attachment (leaked by a crash) is taken over. Each address is
-        // asked for, not the maps dumped: the cost does not grow with the pods.
+        let exclusions: Vec<String> = comments(nft.rules(self.table, chain)?);
+        Ok(exclusions == self.exclusion_rules(excludes).into_iter().map(|(_, c)| c).collect::<Vec<_>>())
+    }
+
+    /// The batch that maps `ips` to the exclusion chain for the attachment, taking over any address still
+    /// mapped for a leaked attachment. Each address is asked for, not the maps dumped: the cost does not grow
+    /// with the pods.
+    fn members(&self, nft: &mut Nft, tag: &str, ips: &[IpAddr], chain: &str) -> Result<Batch> {
+        let n = self.names;
         let mut existing = Vec::new();
         for ip in ips {
             existing.extend(nft.element(self.table, n.map_for(*ip), *ip)?);
         }
+        let mut b = Batch::new();
         for map in n.maps {
             let stale: Vec<IpAddr> = existing
                 .iter()
@@ -370,13 +425,13 @@ impl PodMasq<'_> {
             let elems: Vec<Element> = ips
                 .iter()
                 .filter(|ip| n.map_for(**ip) == map)
-                .map(|ip| Element { key: *ip, jump: Some(chain.clone()), comment: Some(tag.into()) })
+                .map(|ip| Element { key: *ip, jump: Some(chain.into()), comment: Some(tag.into()) })
                 .collect();
             if !elems.is_empty() {
                 b.add_elements(self.table, map, &elems);
             }
         }
-        nft.apply(&b, "adding the pod's masquerade")
+        Ok(b)
     }
 
     /// Remove the elements of every attachment `drop` selects, then what no element uses any more.

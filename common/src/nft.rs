@@ -352,6 +352,12 @@ impl Batch {
         self
     }
 
+    /// The changes of `other` after these (it creates no set: set IDs are this batch's).
+    pub fn append(&mut self, other: Batch) -> &mut Self {
+        self.msgs.extend(other.msgs);
+        self
+    }
+
     /// Create the table unless it exists.
     pub fn add_table(&mut self, table: &str) -> &mut Self {
         let attrs = vec![TableAttribute::Name(table.into()), TableAttribute::Flags(TableFlags::default())];

@@ -17,10 +17,14 @@ use std::thread::JoinHandle;
 pub mod egress;
 pub mod runtimes;
 
-/// Where the plugins under test are: `target/release` of this workspace.
+/// Where the plugins under test are: `target/release` of this workspace, or `CNI_CHAIN_BIN_DIR` (the bench
+/// measures the static release binaries).
 pub fn bin_dir() -> PathBuf {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release");
-    assert!(dir.join("ptp").is_file(), "build the plugins first: cargo build --release");
+    let dir = match std::env::var_os("CNI_CHAIN_BIN_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release"),
+    };
+    assert!(dir.join("ptp").is_file(), "build the plugins first: cargo build --release ({})", dir.display());
     dir.canonicalize().unwrap()
 }
 

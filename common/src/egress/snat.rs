@@ -2,7 +2,7 @@
 //! with its attachment) and one base chain whose single rule SNATs the set to that node address.
 //! The rules never change with pods; pods only add and remove set elements.
 
-use crate::masq::{check_tag, delete_table_if_empty, multicast, remove_tagged};
+use crate::masq::{apply_members, check_tag, delete_table_if_empty, multicast, remove_tagged};
 use crate::nft::{Batch, Element, Nft, PortSelection, Rule};
 use crate::{CniError, Result};
 use std::net::IpAddr;
@@ -51,33 +51,49 @@ impl Snat<'_> {
         Rule::new().saddr_in(self.v6(), &self.name()).daddr_not_in(multicast(self.v6())).snat(self.node_ip, self.ports)
     }
 
-    /// SNAT `pod_ip` of attachment `tag`. One batch: the structure (created if missing, rule rewritten so
-    /// concurrent ADDs converge), any stale element for the same address, and the new element.
+    /// SNAT `pod_ip` of attachment `tag`: when the rule is as this config wants it, only the element (and the
+    /// removal of a stale one for the same address); otherwise one batch with the structure too (created if
+    /// missing, rule rewritten so concurrent ADDs converge).
     pub fn add(&self, nft: &mut Nft, tag: &str, pod_ip: IpAddr) -> Result<()> {
         check_tag(tag)?;
         let name = self.name();
-        let key = pod_ip;
+        let member = self.member(nft, tag, pod_ip)?;
+        if self.is_current(nft)? && apply_members(nft, &member, "adding the pod to its egress SNAT") {
+            return Ok(());
+        }
         let mut b = Batch::new();
         b.add_table(self.table)
             .add_set(self.table, &name, self.v6())
             .add_nat_postrouting_chain(self.table, &name)
             .flush_chain(self.table, &name)
-            .add_rule(self.table, &name, self.rule(), &self.rule_tag());
-        // The address may still be held by an attachment that leaked (crash) or under an older node address.
-        // Each set is asked for the one address: the cost does not grow with the pods.
+            .add_rule(self.table, &name, self.rule(), &self.rule_tag())
+            .append(member);
+        nft.apply(&b, "adding the pod's egress SNAT")
+    }
+
+    fn is_current(&self, nft: &mut Nft) -> Result<bool> {
+        let rules = nft.rules(self.table, &self.name())?;
+        Ok(rules.len() == 1 && rules[0].comment.as_deref() == Some(self.rule_tag().as_str()))
+    }
+
+    /// The batch that puts the pod's address in this node address's set. The address may still be held by an
+    /// attachment that leaked (crash) or under an older node address: each set is asked for the one address
+    /// (the cost does not grow with the pods), and a holder is replaced.
+    fn member(&self, nft: &mut Nft, tag: &str, key: IpAddr) -> Result<Batch> {
+        let name = self.name();
+        let mut b = Batch::new();
         for set in nft.sets(self.table)?.into_iter().filter(|s| s.starts_with(prefix(self.v6()))) {
             if nft.element(self.table, &set, key)?.is_some_and(|e| set != name || e.comment.as_deref() != Some(tag)) {
                 b.delete_elements(self.table, &set, &[key]);
             }
         }
         b.add_elements(self.table, &name, &[Element { key, jump: None, comment: Some(tag.into()) }]);
-        nft.apply(&b, "adding the pod's egress SNAT")
+        Ok(b)
     }
 
     pub fn check(&self, nft: &mut Nft, tag: &str, pod_ip: IpAddr) -> Result<()> {
         let name = self.name();
-        let rules = nft.rules(self.table, &name)?;
-        if rules.len() != 1 || rules[0].comment.as_deref() != Some(self.rule_tag().as_str()) {
+        if !self.is_current(nft)? {
             return Err(CniError::CheckFailed(format!(
                 "chain {name} of table inet {} does not hold exactly the rule \"{}\"",
                 self.table,
