@@ -1,6 +1,7 @@
 //! egress-v4: chained after an IPv6 main plugin, gives the pod a second point-to-point veth with a
 //! link-local IPv4 address and SNATs its traffic to the node's IPv4 address (the AWS VPC CNI design).
 //! egress-v6 is its mirror image; both are `common::egress`.
+#![cfg_attr(not(test), no_main)]
 
 use common::egress::{self, V4};
 use common::{CniResult, Invocation, Plugin, Result};
@@ -32,6 +33,4 @@ impl Plugin for EgressV4 {
     }
 }
 
-fn main() {
-    common::run::<EgressV4>()
-}
+common::plugin_main!(EgressV4);

@@ -2,6 +2,7 @@
 //! unique-local IPv6 address routed through the host end's link-local address, SNATs its traffic to the
 //! node's global IPv6 address and switches IPv6 off on the pod's primary interface (the AWS VPC CNI
 //! design). egress-v4 is its mirror image; both are `common::egress`.
+#![cfg_attr(not(test), no_main)]
 
 use common::egress::{self, V6};
 use common::{CniResult, Invocation, Plugin, Result};
@@ -33,6 +34,4 @@ impl Plugin for EgressV6 {
     }
 }
 
-fn main() {
-    common::run::<EgressV6>()
-}
+common::plugin_main!(EgressV6);

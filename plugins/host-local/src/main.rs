@@ -1,5 +1,6 @@
 //! host-local: IPAM from ranges configured per network, stored on the node's disk in the reference's format
 //! (`common::host_local`).
+#![cfg_attr(not(test), no_main)]
 
 use common::host_local::{HostLocal, MARKER};
 
@@ -12,6 +13,4 @@ static SAME_BUILD: [u8; MARKER.len()] = match MARKER.first_chunk() {
     None => panic!("the marker's length"),
 };
 
-fn main() {
-    common::run::<HostLocal>()
-}
+common::plugin_main!(HostLocal);

@@ -1,5 +1,6 @@
 //! linkgroup: chained after any main plugin, puts the pod's host-side interface(s) into a link group
 //! (and optionally the pod-side ones into another), so one nftables rule can match every pod.
+#![cfg_attr(not(test), no_main)]
 
 use common::linkgroup::GroupRef;
 use common::netlink::{self, Handle, Link, Rtnl};
@@ -161,6 +162,4 @@ impl Plugin for LinkGroup {
     }
 }
 
-fn main() {
-    common::run::<LinkGroup>()
-}
+common::plugin_main!(LinkGroup);

@@ -1,5 +1,6 @@
 //! masquerade: chained after a main plugin, masquerades pod traffic leaving the node with nftables,
 //! either by link group (one rule for all pods) or per pod.
+#![cfg_attr(not(test), no_main)]
 
 mod config;
 
@@ -115,6 +116,4 @@ impl Plugin for Masquerade {
     }
 }
 
-fn main() {
-    common::run::<Masquerade>()
-}
+common::plugin_main!(Masquerade);

@@ -1,6 +1,7 @@
 //! policy-route: chained after a main plugin, routes the pod's traffic through a secondary uplink's table
 //! (`to <pod> lookup main`, `from <pod> lookup <table>`), keeps that table's routes, and with `primary` sends
 //! the replies of connections that came in on the primary uplink (NodePorts) back out of it (seeds 000, 004).
+#![cfg_attr(not(test), no_main)]
 
 mod config;
 
@@ -87,6 +88,4 @@ impl Plugin for PolicyRoute {
     }
 }
 
-fn main() {
-    common::run::<PolicyRoute>()
-}
+common::plugin_main!(PolicyRoute);

@@ -1,4 +1,5 @@
 //! ptp: a point-to-point veth per pod, addresses from the IPAM plugin, routed through the node.
+#![cfg_attr(not(test), no_main)]
 
 mod config;
 
@@ -153,6 +154,4 @@ impl Plugin for Ptp {
     }
 }
 
-fn main() {
-    common::run::<Ptp>()
-}
+common::plugin_main!(Ptp);
