@@ -3,6 +3,7 @@
 use crate::error::{CniError, Result};
 use crate::host_local::{self, HostLocal};
 use crate::invocation::{Command, Invocation};
+use crate::logging::{self, HOST_LOCAL_TARGET};
 use crate::plugin::Plugin;
 use crate::types::CniResult;
 use serde::Deserialize;
@@ -95,6 +96,8 @@ pub fn start(inv: &Invocation, command: Command) -> Result<Pending> {
 fn host_local_here(inv: &Invocation, command: Command) -> Result<Option<CniResult>> {
     let inv = Invocation { command, ..inv.clone() };
     let version = inv.config.version;
+    logging::set_in_process_verb(command.as_str());
+    let started = std::time::Instant::now();
     let outcome = catch_unwind(AssertUnwindSafe(|| match command {
         Command::Add => HostLocal::add(&inv).map(|r| Some(r.to_value(version))),
         Command::Del => HostLocal::del(&inv).map(|_| None),
@@ -104,6 +107,15 @@ fn host_local_here(inv: &Invocation, command: Command) -> Result<Option<CniResul
         Command::Version => Ok(None),
     }))
     .unwrap_or_else(|panic| Err(CniError::Internal(crate::plugin::panic_message(&*panic))));
+    // The lines host-local's own process would write.
+    let (verb, ms) = (command.as_str(), started.elapsed().as_secs_f64() * 1000.0);
+    match &outcome {
+        Ok(_) => log::info!(target: HOST_LOCAL_TARGET, "{verb} ok in {ms:.1} ms"),
+        Err(e) => {
+            log::error!(target: HOST_LOCAL_TARGET, "{e}");
+            log::info!(target: HOST_LOCAL_TARGET, "{verb} failed with code {} in {ms:.1} ms", e.code());
+        }
+    }
     match outcome {
         Ok(Some(result)) => CniResult::from_value(&result).map(Some),
         Ok(None) => Ok(None),

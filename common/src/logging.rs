@@ -7,6 +7,22 @@ use std::fs::OpenOptions;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 
+/// Log lines from host-local's code (its module) run inside a main plugin's process (`ipam`) say host-local
+/// and its own verb, as the lines of host-local's own process would.
+pub const HOST_LOCAL_TARGET: &str = "common::host_local";
+static IN_PROCESS_VERB: std::sync::Mutex<&'static str> = std::sync::Mutex::new("");
+
+/// The verb host-local's code is running for in this process.
+pub fn set_in_process_verb(verb: &'static str) {
+    if let Ok(mut v) = IN_PROCESS_VERB.lock() {
+        *v = verb;
+    }
+}
+
+fn in_process_verb() -> &'static str {
+    IN_PROCESS_VERB.lock().map(|v| *v).unwrap_or("")
+}
+
 const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
 
 /// The level a config's `logLevel` names (any case; AWS configs write `"Debug"`), or None if it names none.
@@ -33,7 +49,11 @@ pub fn init(plugin: &'static str, command: Command, config: &Config, container_i
     let pid = std::process::id();
     builder.format(move |buf, record| {
         let ts = utc_now();
-        writeln!(buf, "{ts} {} {plugin}[{pid}] {verb} net={network} id={id}: {}", record.level(), record.args())
+        let (who, verb) = match record.target().starts_with(HOST_LOCAL_TARGET) && plugin != "host-local" {
+            true => ("host-local", in_process_verb()),
+            false => (plugin, verb),
+        };
+        writeln!(buf, "{ts} {} {who}[{pid}] {verb} net={network} id={id}: {}", record.level(), record.args())
     });
     let target = config.net.log_file.as_deref().filter(|p| !p.is_empty()).and_then(|path| {
         // 0600: logs name containers and addresses. Never through a symlink: we write as root.

@@ -209,12 +209,47 @@ pub fn remove_group_members(nft: &mut Nft, table: &str, drop: impl Fn(&str) -> b
     Ok(removed)
 }
 
+/// DEL when the attachment's addresses are known (its prevResult): its memberships are looked up by address
+/// instead of found among every member, so DEL costs the same at any pod count; then, as in
+/// `remove_group_members`, a rule left without members goes, and the table once empty.
+pub fn remove_group_addresses(nft: &mut Nft, table: &str, tag: &str, ips: &[IpAddr]) -> Result<()> {
+    let mut chains = Vec::new();
+    for set in nft.sets(table)?.into_iter().filter(|s| group_chain_of_set(s).is_some()) {
+        let mut gone = Vec::new();
+        for ip in ips.iter().filter(|ip| set.ends_with(if ip.is_ipv6() { "_v6" } else { "_v4" })) {
+            if nft.element(table, &set, *ip)?.is_some_and(|e| e.comment.as_deref() == Some(tag)) {
+                gone.push(*ip);
+            }
+        }
+        if gone.is_empty() {
+            continue;
+        }
+        let mut b = Batch::new();
+        b.delete_elements(table, &set, &gone);
+        if let Err(e) = nft.apply(&b, "removing the pod's group memberships") {
+            // Changed meanwhile (a concurrent GC): find this attachment's members the thorough way.
+            log::info!("{e}: reading the member sets");
+            return remove_group_members(nft, table, |t| t == tag).map(|_| ());
+        }
+        chains.extend(group_chain_of_set(&set).map(String::from));
+    }
+    chains.dedup();
+    let mut pruned = false;
+    for chain in &chains {
+        pruned |= remove_group_rule_if_unused(nft, table, chain)?;
+    }
+    if pruned {
+        delete_table_if_empty(nft, table);
+    }
+    Ok(())
+}
+
 /// Remove a group rule (its chain and member sets) if it has no members; whether a removal was tried.
 pub fn remove_group_rule_if_unused(nft: &mut Nft, table: &str, chain: &str) -> Result<bool> {
     // Read again after our removal: whoever removes the last member sees both sets empty, and nobody
     // else pays for a prune the kernel would refuse (a refused batch costs ~10 ms).
     let [v4, v6] = member_sets(chain);
-    if !nft.elements(table, &v4)?.is_empty() || !nft.elements(table, &v6)?.is_empty() {
+    if !nft.set_is_empty(table, &v4)? || !nft.set_is_empty(table, &v6)? {
         return Ok(false);
     }
     // The kernel refuses the whole batch while either set holds a member, even one a concurrent ADD

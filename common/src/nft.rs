@@ -804,6 +804,36 @@ impl Nft {
         }
     }
 
+    /// Whether `set` holds no element (a missing set holds none). Only the first part of a dump is read, so the
+    /// cost does not grow with the set; the rest is dropped with the socket it was asked on.
+    pub fn set_is_empty(&mut self, table: &str, set: &str) -> Result<bool> {
+        let mut probe = Nft::open()?;
+        let seq = probe.seq;
+        let req = NfTablesMessage::GetSetElement(Batch::elements(table, set, vec![]));
+        let buf = probe.message(NetfilterProtoFamily::Inet, req.into(), NLM_F_DUMP);
+        probe.socket.send(&buf, 0).map_err(|e| nl_err("dump request", e))?;
+        loop {
+            let mut buf = Vec::with_capacity(1 << 16);
+            probe.socket.recv(&mut buf, 0).map_err(|e| nl_err("reading the kernel's answer", e))?;
+            for (kind, _, msg_seq, payload) in raw_messages(&buf) {
+                match kind {
+                    _ if msg_seq != seq => {}
+                    NFT_MSG_NEWSETELEM_TYPE if !raw_set_elements(payload).is_empty() => return Ok(false),
+                    NLMSG_DONE => return Ok(true),
+                    NLMSG_ERROR => {
+                        let code = payload.get(..4).map_or(0, |c| i32::from_ne_bytes([c[0], c[1], c[2], c[3]]));
+                        return match code {
+                            0 => Ok(true),
+                            c if c == -libc::ENOENT => Ok(true),
+                            c => Err(nl_err("dump", errno_text(c))),
+                        };
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
     /// One dump of a set's elements; None when the kernel says a concurrent change interrupted it. A dump in
     /// several parts can meet the same element twice while others change the set: a key counts once.
     fn elements_once(&mut self, table: &str, set: &str) -> Result<Option<Vec<Element>>> {

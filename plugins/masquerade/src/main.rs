@@ -4,7 +4,7 @@
 
 mod config;
 
-use common::masq::{remove_group_members, GroupMasq, PodMasq, PodMasqNames};
+use common::masq::{remove_group_addresses, remove_group_members, GroupMasq, PodMasq, PodMasqNames};
 use common::names::Owner;
 use common::nft::Nft;
 use common::types::network_of;
@@ -74,7 +74,14 @@ impl Plugin for Masquerade {
         let tag = owner(inv).alias(&inv.container_id, &inv.ifname)?;
         let mut nft = Nft::open()?;
         let pods = pod_masq(&table, true).del(&mut nft, &tag);
-        let groups = remove_group_members(&mut nft, &table, |t| t == tag).map(|_| ());
+        // With prevResult, the members are looked up by the pod's addresses; without, found by their tag.
+        let groups = match inv.config.prev_result().ok().flatten() {
+            Some(prev) => {
+                let ips: Vec<_> = prev.ips.iter().map(|ip| ip.address.ip()).collect();
+                remove_group_addresses(&mut nft, &table, &tag, &ips)
+            }
+            None => remove_group_members(&mut nft, &table, |t| t == tag).map(|_| ()),
+        };
         pods.and(groups)
     }
 
