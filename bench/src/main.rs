@@ -63,30 +63,11 @@ fn main() {
     let rss = footprint::peak_rss(&chains);
 
     let floor = Floor::default();
-    let subjects: Vec<&dyn Subject> = vec![
-        &ours_ptp,
-        &ours_ptp_masq,
-        &ours_chain,
-        &ref_masq,
-        &ref_plain,
-        &ours_portmap,
-        &ref_portmap,
-        &ours_policy_route,
-        &floor,
-        &ForkExec,
-    ];
-    let keys = [
-        "ours_ptp",
-        "ours_ptp_masq",
-        "ours_chain",
-        "ref_ptp_masq",
-        "ref_ptp",
-        "ours_portmap",
-        "ref_portmap",
-        "ours_policy_route",
-        "floor",
-        "fork_exec",
-    ];
+    // The chains (by their keys), then the floor and a bare fork+exec.
+    let mut keys: Vec<&str> = chains.iter().map(|c| c.key).collect();
+    let mut subjects: Vec<&dyn Subject> = chains.iter().map(|c| *c as &dyn Subject).collect();
+    keys.extend(["floor", "fork_exec"]);
+    subjects.extend([&floor as &dyn Subject, &ForkExec]);
     eprintln!("latency: {} samples of {} subjects, interleaved", opts.samples, subjects.len());
     let latency = latency::run(&subjects, opts.samples, 3);
     let mut calls = std::collections::BTreeMap::new();

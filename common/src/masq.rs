@@ -198,6 +198,7 @@ pub fn remove_group_members(nft: &mut Nft, table: &str, drop: impl Fn(&str) -> b
         removed += remove_tagged(nft, table, set, elements.clone(), &drop)?;
     }
     let mut chains: Vec<&str> = sets.iter().filter_map(|(s, _)| group_chain_of_set(s)).collect();
+    chains.sort_unstable();
     chains.dedup();
     let mut pruned = false;
     for chain in chains {
@@ -233,6 +234,7 @@ pub fn remove_group_addresses(nft: &mut Nft, table: &str, tag: &str, ips: &[IpAd
         }
         chains.extend(group_chain_of_set(&set).map(String::from));
     }
+    chains.sort_unstable();
     chains.dedup();
     let mut pruned = false;
     for chain in &chains {
@@ -267,6 +269,7 @@ pub fn remove_group_rule_if_unused(nft: &mut Nft, table: &str, chain: &str) -> R
 pub fn unused_group_rules(nft: &mut Nft, table: &str) -> Result<Vec<String>> {
     let sets = group_sets(nft, table)?;
     let mut chains: Vec<&str> = sets.iter().filter_map(|(s, _)| group_chain_of_set(s)).collect();
+    chains.sort_unstable();
     chains.dedup();
     Ok(chains
         .into_iter()

@@ -775,74 +775,54 @@ impl Nft {
     /// The element of `set` with `key`, if there is one: one element asked for, not the whole set dumped, so
     /// an ADD costs the same whatever the number of pods.
     pub fn element(&mut self, table: &str, set: &str, key: IpAddr) -> Result<Option<Element>> {
-        let seq = self.seq;
         let wanted = ListAttribute::Element(vec![SetElementAttribute::Key(DataAttribute::Value(addr_bytes(key)))]);
-        let req = NfTablesMessage::GetSetElement(Batch::elements(table, set, vec![wanted]));
-        let buf = self.message(NetfilterProtoFamily::Inet, req.into(), NLM_F_ACK);
-        self.socket.send(&buf, 0).map_err(|e| nl_err("element request", e))?;
         let mut found = None;
-        loop {
-            let mut buf = Vec::with_capacity(1 << 16);
-            self.socket.recv(&mut buf, 0).map_err(|e| nl_err("reading the kernel's answer", e))?;
-            for (kind, _, msg_seq, payload) in raw_messages(&buf) {
-                if msg_seq != seq {
-                    continue;
-                }
-                match kind {
-                    NFT_MSG_NEWSETELEM_TYPE => found = raw_set_elements(payload).into_iter().find(|e| e.key == key),
-                    NLMSG_ERROR => {
-                        let code = payload.get(..4).map_or(0, |c| i32::from_ne_bytes([c[0], c[1], c[2], c[3]]));
-                        return match code {
-                            0 => Ok(found),
-                            c if c == -libc::ENOENT => Ok(None),
-                            c => Err(nl_err("element request", errno_text(c))),
-                        };
-                    }
-                    _ => {}
-                }
-            }
-        }
+        self.read_elements(table, set, vec![wanted], NLM_F_ACK, |elements| {
+            found = elements.into_iter().find(|e| e.key == key);
+            true
+        })?;
+        Ok(found)
     }
 
     /// Whether `set` holds no element (a missing set holds none). Only the first part of a dump is read, so the
     /// cost does not grow with the set; the rest is dropped with the socket it was asked on.
     pub fn set_is_empty(&mut self, table: &str, set: &str) -> Result<bool> {
-        let mut probe = Nft::open()?;
-        let seq = probe.seq;
-        let req = NfTablesMessage::GetSetElement(Batch::elements(table, set, vec![]));
-        let buf = probe.message(NetfilterProtoFamily::Inet, req.into(), NLM_F_DUMP);
-        probe.socket.send(&buf, 0).map_err(|e| nl_err("dump request", e))?;
-        loop {
-            let mut buf = Vec::with_capacity(1 << 16);
-            probe.socket.recv(&mut buf, 0).map_err(|e| nl_err("reading the kernel's answer", e))?;
-            for (kind, _, msg_seq, payload) in raw_messages(&buf) {
-                match kind {
-                    _ if msg_seq != seq => {}
-                    NFT_MSG_NEWSETELEM_TYPE if !raw_set_elements(payload).is_empty() => return Ok(false),
-                    NLMSG_DONE => return Ok(true),
-                    NLMSG_ERROR => {
-                        let code = payload.get(..4).map_or(0, |c| i32::from_ne_bytes([c[0], c[1], c[2], c[3]]));
-                        return match code {
-                            0 => Ok(true),
-                            c if c == -libc::ENOENT => Ok(true),
-                            c => Err(nl_err("dump", errno_text(c))),
-                        };
-                    }
-                    _ => {}
-                }
-            }
-        }
+        let mut empty = true;
+        Nft::open()?.read_elements(table, set, vec![], NLM_F_DUMP, |elements| {
+            empty = elements.is_empty();
+            empty
+        })?;
+        Ok(empty)
     }
 
     /// One dump of a set's elements; None when the kernel says a concurrent change interrupted it. A dump in
     /// several parts can meet the same element twice while others change the set: a key counts once.
     fn elements_once(&mut self, table: &str, set: &str) -> Result<Option<Vec<Element>>> {
+        let (mut out, mut seen) = (Vec::<Element>::new(), std::collections::HashSet::new());
+        let interrupted = self.read_elements(table, set, vec![], NLM_F_DUMP, |elements| {
+            out.extend(elements.into_iter().filter(|e| seen.insert(e.key)));
+            true
+        })?;
+        Ok((!interrupted).then_some(out))
+    }
+
+    /// Ask for `set`'s elements (`keys` of them, or all) and hand each answer's elements to `each` until the end
+    /// of the answer (a missing table or set ends it like an empty one) or until `each` says to stop; whether the
+    /// kernel said a concurrent change interrupted the dump. Read from the raw answer: the netlink crate's parser
+    /// formats the whole element list once per element.
+    fn read_elements(
+        &mut self,
+        table: &str,
+        set: &str,
+        keys: Vec<ListAttribute<SetElementAttribute>>,
+        flags: u16,
+        mut each: impl FnMut(Vec<Element>) -> bool,
+    ) -> Result<bool> {
         let seq = self.seq;
-        let req = NfTablesMessage::GetSetElement(Batch::elements(table, set, vec![]));
-        let buf = self.message(NetfilterProtoFamily::Inet, req.into(), NLM_F_DUMP);
-        self.socket.send(&buf, 0).map_err(|e| nl_err("dump request", e))?;
-        let (mut out, mut interrupted) = (Vec::<Element>::new(), false);
-        let mut seen = std::collections::HashSet::new();
+        let req = NfTablesMessage::GetSetElement(Batch::elements(table, set, keys));
+        let buf = self.message(NetfilterProtoFamily::Inet, req.into(), flags);
+        self.socket.send(&buf, 0).map_err(|e| nl_err("element request", e))?;
+        let mut interrupted = false;
         loop {
             let mut buf = Vec::with_capacity(1 << 18);
             self.socket.recv(&mut buf, 0).map_err(|e| nl_err("reading the kernel's answer", e))?;
@@ -851,19 +831,16 @@ impl Nft {
                     continue;
                 }
                 interrupted |= flags & NLM_F_DUMP_INTR != 0;
-                let done = |out| Ok((!interrupted).then_some(out));
                 match kind {
-                    NLMSG_DONE => return done(out),
+                    NFT_MSG_NEWSETELEM_TYPE if !each(raw_set_elements(payload)) => return Ok(interrupted),
+                    NLMSG_DONE => return Ok(interrupted),
                     NLMSG_ERROR => {
                         let code = payload.get(..4).map_or(0, |c| i32::from_ne_bytes([c[0], c[1], c[2], c[3]]));
                         return match code {
-                            0 => done(out),
-                            c if c == -libc::ENOENT => done(out),
-                            c => Err(nl_err("dump", errno_text(c))),
+                            0 => Ok(interrupted),
+                            c if c == -libc::ENOENT => Ok(interrupted),
+                            c => Err(nl_err("reading set elements", errno_text(c))),
                         };
-                    }
-                    NFT_MSG_NEWSETELEM_TYPE => {
-                        out.extend(raw_set_elements(payload).into_iter().filter(|e| seen.insert(e.key)))
                     }
                     _ => {}
                 }
