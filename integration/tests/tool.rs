@@ -292,7 +292,7 @@ fn doctor_reports_exactly_the_leaks_while_pods_come_and_go_and_fix_removes_only_
 /// would not last while pods come and go: the masquerade plugin's DEL prunes every one.)
 const UNUSED_IN_USE_TABLES: [&str; 3] = [
     "add chain inet cni_chain egress_v4_198_51_100_7 { type nat hook postrouting priority srcnat; }",
-    "add set inet cni_chain egress_v4_198_51_100_7 { type ipv4_addr; size 65536; }",
+    "add set inet cni_chain egress_v4_198_51_100_7 { type ipv4_addr; size 16384; }",
     "add rule inet cni_chain egress_v4_198_51_100_7 ip saddr @egress_v4_198_51_100_7 snat ip to 198.51.100.7",
 ];
 
@@ -317,12 +317,12 @@ fn doctor_removes_shared_pieces_nothing_uses_and_then_their_tables() {
     lines.splice(0..0, ["add table inet cni_chain", "add table inet cni_chain_policy_route"]);
     lines.extend([
         "add chain inet cni_chain masq_group_77 { type nat hook postrouting priority srcnat; }",
-        "add set inet cni_chain masq_group_77_v4 { type ipv4_addr; size 65536; }",
-        "add set inet cni_chain masq_group_77_v6 { type ipv6_addr; size 65536; }",
+        "add set inet cni_chain masq_group_77_v4 { type ipv4_addr; size 16384; }",
+        "add set inet cni_chain masq_group_77_v6 { type ipv6_addr; size 16384; }",
         "add chain inet cni_chain egress_v6_2001_db8__7 { type nat hook postrouting priority srcnat; }",
-        "add set inet cni_chain egress_v6_2001_db8__7 { type ipv6_addr; size 65536; }",
-        "add map inet cni_chain ptp_pods_v4 { type ipv4_addr : verdict; size 65536; }",
-        "add map inet cni_chain ptp_pods_v6 { type ipv6_addr : verdict; size 65536; }",
+        "add set inet cni_chain egress_v6_2001_db8__7 { type ipv6_addr; size 16384; }",
+        "add map inet cni_chain ptp_pods_v4 { type ipv4_addr : verdict; size 16384; }",
+        "add map inet cni_chain ptp_pods_v6 { type ipv6_addr : verdict; size 16384; }",
         "add chain inet cni_chain ptp_masq { type nat hook postrouting priority srcnat; }",
         "add chain inet cni_chain ptp_pods_00000000000000ff",
         "add chain inet cni_chain pods_00000000000000ff",
