@@ -26,32 +26,48 @@ pub trait Plugin {
     fn gc(inv: &Invocation) -> Result<()>;
 }
 
-/// A plugin executable's entry point: C's `main` running `run::<P>()`, for a crate that is `no_main`. Rust's
-/// own start-up is skipped: it looks up the main thread's stack in /proc/self/maps (for its stack-overflow
-/// message), about 0.1 ms of every call; what else it does that a plugin needs, `run` does.
+/// A plugin executable's entry point: C's `main` running `run::<P>` with the first argument, for a crate that
+/// is `no_main`. Rust's own start-up is skipped: it looks up the main thread's stack in /proc/self/maps (for its
+/// stack-overflow message), about 0.1 ms of every call; what else it does that a plugin needs, `run` does.
 #[macro_export]
 macro_rules! plugin_main {
     ($plugin:ty) => {
         #[cfg(not(test))]
         #[no_mangle]
-        pub extern "C" fn main(_argc: std::ffi::c_int, _argv: *const *const std::ffi::c_char) -> std::ffi::c_int {
-            $crate::run::<$plugin>()
+        extern "C" fn main(argc: std::ffi::c_int, argv: *const *const std::ffi::c_char) -> std::ffi::c_int {
+            // SAFETY: C's start-up passes `argc` NUL-terminated strings in `argv`.
+            $crate::run::<$plugin>(unsafe { $crate::plugin::first_arg(argc, argv) })
         }
         // The unit tests' own harness has the entry point; the plugin is still this executable's.
         #[cfg(test)]
-        const _: fn() -> ! = $crate::run::<$plugin>;
+        const _: fn(Option<std::ffi::OsString>) -> ! = $crate::run::<$plugin>;
     };
 }
 
-/// Run one CNI call of plugin `P` and exit the process. Run by hand with `--version` or `--help`, it says
-/// what it is and how it is meant to be run.
-pub fn run<P: Plugin>() -> ! {
+/// The first argument after the program's name, from C's `main`: musl, unlike glibc, gives the standard
+/// library no arguments in an executable without Rust's `main`.
+///
+/// # Safety
+/// `argv` holds `argc` pointers to NUL-terminated strings, as C's start-up passes them to `main`.
+pub unsafe fn first_arg(argc: std::ffi::c_int, argv: *const *const std::ffi::c_char) -> Option<std::ffi::OsString> {
+    use std::os::unix::ffi::OsStrExt;
+    if argc < 2 || argv.is_null() {
+        return None;
+    }
+    // SAFETY: the caller's promise; index 1 exists since argc >= 2.
+    let arg = unsafe { std::ffi::CStr::from_ptr(*argv.add(1)) };
+    Some(std::ffi::OsStr::from_bytes(arg.to_bytes()).to_os_string())
+}
+
+/// Run one CNI call of plugin `P` and exit the process. Run by hand with `--version` or `--help` (its first
+/// argument), it says what it is and how it is meant to be run.
+pub fn run<P: Plugin>(first_arg: Option<std::ffi::OsString>) -> ! {
     // As Rust's start-up would: a write to a closed pipe (an IPAM plugin that exited without reading, a
     // runtime that stopped reading) is an error to handle, not a signal that kills.
     // SAFETY: setting SIGPIPE's disposition to "ignore" installs no handler code.
     let _ =
         unsafe { nix::sys::signal::signal(nix::sys::signal::Signal::SIGPIPE, nix::sys::signal::SigHandler::SigIgn) };
-    if let Some(arg) = std::env::args_os().nth(1) {
+    if let Some(arg) = first_arg {
         let code = by_hand::<P>(&arg.to_string_lossy());
         let _ = std::io::stdout().flush();
         std::process::exit(code);
