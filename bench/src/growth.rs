@@ -5,12 +5,15 @@ use crate::pod::PodNetns;
 use crate::setups::{Added, Subject};
 use crate::stats::Samples;
 use integration::Netns;
+use std::collections::BTreeMap;
 
 pub struct Level {
     pub live: usize,
     pub add: Samples,
     pub del: Samples,
     pub rules: usize,
+    /// Each plugin's calls at this level, by binary and verb (a chain's only).
+    pub calls: BTreeMap<String, Samples>,
 }
 
 struct Node<'a> {
@@ -31,10 +34,17 @@ pub fn run(chains: &[&dyn Subject], levels: &[usize], samples: usize) -> Vec<Vec
                 node.pods.push((pod, id, added));
             }
             eprintln!("  {}: {live} live pods", node.chain.label());
+            node.chain.take_calls();
         }
         let mut levels: Vec<Level> = nodes
             .iter()
-            .map(|n| Level { live, add: Samples::default(), del: Samples::default(), rules: rule_count(&n.netns) })
+            .map(|n| Level {
+                live,
+                add: Samples::default(),
+                del: Samples::default(),
+                rules: rule_count(&n.netns),
+                calls: BTreeMap::new(),
+            })
             .collect();
         for s in 0..samples {
             // Rotating, as in latency.rs.
@@ -47,7 +57,8 @@ pub fn run(chains: &[&dyn Subject], levels: &[usize], samples: usize) -> Vec<Vec
                 level.del.push(node.chain.del(&node.netns, &id, &pod, &added));
             }
         }
-        for (series, level) in out.iter_mut().zip(levels) {
+        for ((series, mut level), node) in out.iter_mut().zip(levels).zip(&nodes) {
+            level.calls = node.chain.take_calls();
             series.push(level);
         }
     }

@@ -45,6 +45,7 @@ fn options() -> Options {
 
 fn main() {
     let opts = options();
+    let _pod_mounts = pod::PodMounts::new();
     let (ours_ptp, ours_ptp_masq, ours_chain) = (Chain::ours_ptp(), Chain::ours_ptp_masq(), Chain::ours_chain());
     let (ref_masq, ref_plain) = (Chain::reference_ptp(true), Chain::reference_ptp(false));
     let (ours_portmap, ref_portmap) = (Chain::ours_with_portmap(), Chain::reference_with_portmap());
@@ -72,7 +73,7 @@ fn main() {
     let latency = latency::run(&subjects, opts.samples, 3);
     let mut calls = std::collections::BTreeMap::new();
     for chain in chains {
-        for (name, samples) in std::mem::take(&mut *chain.calls.lock().unwrap()) {
+        for (name, samples) in chain.take_calls() {
             let all: &mut stats::Samples = calls.entry(name).or_default();
             all.0.extend(samples.0);
         }

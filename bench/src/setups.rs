@@ -39,6 +39,10 @@ pub trait Subject: Sync {
     fn prepare(&self, _node: &Netns) {}
     fn add(&self, node: &Netns, id: &str, pod: &PodNetns) -> (Duration, Added);
     fn del(&self, node: &Netns, id: &str, pod: &PodNetns, added: &Added) -> Duration;
+    /// Each plugin call's time since the last take, by binary and verb (a chain's; nothing for the others).
+    fn take_calls(&self) -> BTreeMap<String, Samples> {
+        BTreeMap::new()
+    }
 }
 
 fn ours(name: &str) -> PathBuf {
@@ -165,7 +169,24 @@ impl Chain {
         chain
     }
 
-    fn config(&self, i: usize, prev: Option<&Value>) -> Vec<u8> {
+    /// The chain's binaries, in order.
+    pub fn binaries(&self) -> impl Iterator<Item = &PathBuf> {
+        self.plugins.iter().map(|(binary, _)| binary)
+    }
+
+    /// The environment a runtime gives each plugin of this chain for `verb` on `pod`.
+    pub fn env(&self, verb: &str, id: &str, pod: &PodNetns) -> Vec<(&'static str, String)> {
+        vec![
+            ("CNI_COMMAND", verb.into()),
+            ("CNI_CONTAINERID", id.into()),
+            ("CNI_NETNS", pod.path().into()),
+            ("CNI_IFNAME", "eth0".into()),
+            ("CNI_PATH", self.cni_path.clone()),
+        ]
+    }
+
+    /// Plugin `i`'s config, with `prev` as its prevResult.
+    pub fn config(&self, i: usize, prev: Option<&Value>) -> Vec<u8> {
         let mut c = self.plugins[i].1.clone();
         c["cniVersion"] = json!("1.0.0");
         c["name"] = json!("bench");
@@ -186,13 +207,8 @@ impl Chain {
         prev: Option<&Value>,
         rss: bool,
     ) -> exec::Run {
-        let env = [
-            ("CNI_COMMAND", verb),
-            ("CNI_CONTAINERID", id),
-            ("CNI_NETNS", pod.path()),
-            ("CNI_IFNAME", "eth0"),
-            ("CNI_PATH", &self.cni_path),
-        ];
+        let env = self.env(verb, id, pod);
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let binary = &self.plugins[i].0;
         let run = exec::run(node, binary, &[], &env, &self.config(i, prev), rss);
         let out = String::from_utf8_lossy(&run.stdout);
@@ -242,6 +258,10 @@ impl Subject for Chain {
 
     fn del(&self, node: &Netns, id: &str, pod: &PodNetns, added: &Added) -> Duration {
         self.del_with(node, id, pod, added, false)
+    }
+
+    fn take_calls(&self) -> BTreeMap<String, Samples> {
+        std::mem::take(&mut *self.calls.lock().unwrap())
     }
 }
 

@@ -1,37 +1,79 @@
 //! Each plugin's start cost: a VERSION call, which changes nothing, against the start of a bare static
-//! executable (a C `main` that returns, linked by `gcc -static`), taking turns in one node netns.
+//! executable (a C `main` that returns) linked against musl, as our release binaries are (`musl-gcc -static`),
+//! taking turns in one node netns. The same `main` linked by `gcc -static` (glibc) is measured beside it.
 
 use crate::exec;
 use crate::footprint::{OURS, REFERENCE};
+use crate::pod::PodNetns;
+use crate::setups::{Added, Chain, Subject};
 use crate::stats::Samples;
 use integration::{bin_dir, Netns, TempDir, REFERENCE_DIR};
 use std::path::PathBuf;
 use std::process::Command;
 
-pub const BARE: &str = "bare static executable";
+pub const BARE: &str = "bare static executable (musl)";
+pub const BARE_GLIBC: &str = "bare static executable (glibc)";
 
-/// (name, samples): the bare executable first, then "ours ptp VERSION", "reference ptp VERSION"...
+/// A C `main` that returns, linked statically by `compiler` (the package that has it, for the message).
+fn bare(dir: &TempDir, compiler: &str, package: &str) -> PathBuf {
+    let (source, bare) = (dir.path().join("bare.c"), dir.path().join(compiler));
+    std::fs::write(&source, "int main(void) { return 0; }\n").unwrap();
+    let built = Command::new(compiler).args(["-O2", "-static", "-o"]).arg(&bare).arg(&source).status();
+    assert!(built.is_ok_and(|s| s.success()), "{compiler} -static ({package}) builds the bare executable");
+    bare
+}
+
+/// One program run again and again: what it is called in the report, and how it is run.
+struct Probe {
+    name: String,
+    program: PathBuf,
+    env: Vec<(String, String)>,
+    stdin: Vec<u8>,
+}
+
+fn version(name: String, program: PathBuf) -> Probe {
+    let env = vec![("CNI_COMMAND".into(), "VERSION".into()), ("CNI_PATH".into(), REFERENCE_DIR.into())];
+    Probe { name, program, env, stdin: br#"{"cniVersion":"1.0.0"}"#.to_vec() }
+}
+
+/// (name, samples): the bare executables first, then "ours ptp VERSION", "reference ptp VERSION"..., then
+/// the chain's ADDs after ptp run again on a pod that has them already, which change nothing in the kernel.
 pub fn run(samples: usize, warmup: usize) -> Vec<(String, Samples)> {
     let dir = TempDir::new("bench-bare");
-    let (source, bare) = (dir.path().join("bare.c"), dir.path().join("bare"));
-    std::fs::write(&source, "int main(void) { return 0; }\n").unwrap();
-    let built = Command::new("gcc").args(["-O2", "-static", "-o"]).arg(&bare).arg(&source).status();
-    assert!(built.is_ok_and(|s| s.success()), "gcc -static (gcc and libc6-dev) builds the bare executable");
-    let mut programs: Vec<(String, PathBuf)> = vec![(BARE.into(), bare)];
-    programs.extend(OURS.iter().map(|p| (format!("ours {p} VERSION"), bin_dir().join(p))));
-    programs.extend(REFERENCE.iter().map(|p| (format!("reference {p} VERSION"), PathBuf::from(REFERENCE_DIR).join(p))));
+    let mut probes: Vec<Probe> = vec![
+        version(BARE.into(), bare(&dir, "musl-gcc", "musl-tools")),
+        version(BARE_GLIBC.into(), bare(&dir, "gcc", "gcc and libc6-dev")),
+    ];
+    probes.extend(OURS.iter().map(|p| version(format!("ours {p} VERSION"), bin_dir().join(p))));
+    probes.extend(
+        REFERENCE.iter().map(|p| version(format!("reference {p} VERSION"), PathBuf::from(REFERENCE_DIR).join(p))),
+    );
     let node = Netns::new();
-    let mut out: Vec<(String, Samples)> = programs.iter().map(|(name, _)| (name.clone(), Samples::default())).collect();
-    let env = [("CNI_COMMAND", "VERSION"), ("CNI_PATH", REFERENCE_DIR)];
+    let (chain, pod, id) = (Chain::ours_chain(), PodNetns::new(), "start-probe");
+    let (_, added) = chain.add(&node, id, &pod);
+    let Added::Result(result) = &added else { unreachable!("a chain's ADD gives a result") };
+    for (i, program) in chain.binaries().enumerate().skip(1) {
+        let name = program.file_name().unwrap().to_string_lossy();
+        probes.push(Probe {
+            name: format!("ours {name} ADD, already done"),
+            program: program.clone(),
+            env: chain.env("ADD", id, &pod).into_iter().map(|(k, v)| (k.into(), v)).collect(),
+            stdin: chain.config(i, Some(result)),
+        });
+    }
+    let mut out: Vec<(String, Samples)> = probes.iter().map(|p| (p.name.clone(), Samples::default())).collect();
     for i in 0..warmup + samples {
-        for k in 0..programs.len() {
-            let j = (i + k) % programs.len();
-            let run = exec::run(&node, &programs[j].1, &[], &env, br#"{"cniVersion":"1.0.0"}"#, false);
-            assert!(run.status.success(), "{} VERSION", programs[j].1.display());
+        for k in 0..probes.len() {
+            let j = (i + k) % probes.len();
+            let probe = &probes[j];
+            let env: Vec<(&str, &str)> = probe.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            let run = exec::run(&node, &probe.program, &[], &env, &probe.stdin, false);
+            assert!(run.status.success(), "{}: {}", probe.name, String::from_utf8_lossy(&run.stdout));
             if i >= warmup {
                 out[j].1.push(run.elapsed);
             }
         }
     }
+    chain.del(&node, id, &pod, &added);
     out
 }
