@@ -127,10 +127,13 @@ fn configure(
     ips: &[IpConfig],
     routes: &[Route],
 ) -> Result<(Interface, Interface)> {
-    // Both ends are still down: IPv6 on and DAD off now, before their link-local addresses exist.
+    // Both ends are still down: IPv6 on and DAD off now, before their link-local addresses exist; or, for an
+    // IPv4-only attachment, no IPv6 on the node's end at all (the pod's end keeps the kernel's default).
     if ips.iter().any(|ip| ip.address.is_ipv6()) {
         sysctl::enable_ipv6_without_dad(att.host_ifname)?;
         pod.run(|| sysctl::enable_ipv6_without_dad(att.container_ifname))??;
+    } else {
+        sysctl::disable_ipv6(att.host_ifname)?;
     }
     let pod_handle = rtnl.connect_in(pod)?;
     rtnl.block_on(async {

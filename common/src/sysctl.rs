@@ -45,6 +45,20 @@ pub fn enable_ipv6_without_dad(ifname: &str) -> Result<()> {
     set(&format!("net/ipv6/conf/{ifname}/accept_dad"), "0")
 }
 
+/// No IPv6 on `ifname`, which carries none (the node's end of an IPv4-only attachment): no link-local address
+/// and no routes of its own, so the node's IPv6 routing table does not grow with its pods. The kernel walks
+/// that whole table on every link event (a veth going up, a group set), which made each ADD slower the more
+/// pods the node had. A kernel without IPv6 has nothing to switch off.
+pub fn disable_ipv6(ifname: &str) -> Result<()> {
+    let key = format!("net/ipv6/conf/{ifname}/disable_ipv6");
+    match fs::write(path(&key), "1") {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !std::path::Path::new("/proc/sys/net/ipv6").exists() => {
+            Ok(())
+        }
+        written => written.map_err(|e| sysctl_error(&key, e)),
+    }
+}
+
 fn sysctl_error(key: &str, e: std::io::Error) -> CniError {
     let hint = crate::error::privilege_hint(e.raw_os_error(), crate::netlink::NODE_NET_ADMIN);
     CniError::Sysctl { key: key.into(), msg: format!("{e}{hint}") }

@@ -105,8 +105,27 @@ fn dual_stack_pods_reach_each_other_through_the_node() {
     assert!(pod1.ping(&ip2_v4), "pod1 -> pod2 over IPv4");
     assert!(pod1.ping(&ip2_v6), "pod1 -> pod2 over IPv6 (no DAD wait)");
     assert!(pod2.ping("fd11::1"), "pod2 -> node over IPv6");
+    assert_eq!(node.sysctl(&format!("net/ipv6/conf/{}/disable_ipv6", host_veth(&r1))), "0");
     del(&node, pod1.path(), "p1", &bytes(&conf));
     del(&node, pod2.path(), "p2", &bytes(&conf));
+    assert!(node.veths().is_empty());
+}
+
+/// The node's end of an IPv4-only attachment has no IPv6: no link-local address and no route of its own in the
+/// node's IPv6 table, which the kernel walks on every link event; the pod's end keeps the kernel's default.
+#[test]
+fn ipv4_only_pods_add_nothing_to_the_node_ipv6_table() {
+    let (node, pod, data) = (Netns::new(), Netns::new(), TempDir::new("ipam"));
+    let conf = config("1.0.0", &data, v4_ranges("10.12.0.0/24"), json!({}));
+    let r = add(&node, &pod, "c1", &conf);
+    let host = host_veth(&r);
+    assert_eq!(node.sysctl(&format!("net/ipv6/conf/{host}/disable_ipv6")), "1");
+    assert_eq!(node.ip(&["-6", "addr", "show", "dev", &host]).trim(), "", "no IPv6 address on {host}");
+    let v6_routes = node.ip(&["-6", "route", "show", "table", "all", "dev", &host]);
+    assert_eq!(v6_routes.trim(), "", "no IPv6 route through {host}");
+    assert_eq!(pod.sysctl("net/ipv6/conf/eth0/disable_ipv6"), "0");
+    assert!(pod.ping("10.12.0.1"), "the pod reaches the node over IPv4");
+    del(&node, pod.path(), "c1", &bytes(&conf));
     assert!(node.veths().is_empty());
 }
 
