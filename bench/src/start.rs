@@ -1,6 +1,7 @@
 //! Each plugin's start cost: a VERSION call, which changes nothing, against the start of a bare static
 //! executable (a C `main` that returns) linked against musl, as our release binaries are (`musl-gcc -static`),
-//! taking turns in one node netns. The same `main` linked by `gcc -static` (glibc) is measured beside it.
+//! taking turns in one node netns. The same `main` linked by `gcc -static` (glibc) is measured beside it, and so
+//! are linkgroup's and masquerade's ADD run again on a pod that has had them, which change nothing either.
 
 use crate::exec;
 use crate::footprint::{OURS, REFERENCE};
