@@ -528,6 +528,10 @@ pub struct Nft {
     /// Every answer is read into this one buffer: a fresh 256 KiB one per read costs an mmap and a munmap each
     /// with musl's allocator.
     answer: Vec<u8>,
+    /// The sockets `set_is_empty` left a dump unread on, closed with this one: closing a netfilter socket after
+    /// a commit that deleted something waits for the kernel's deferred cleanup (an RCU grace period), so each
+    /// close between a DEL's commits would add a wait of its own.
+    probes: Vec<Socket>,
 }
 
 /// Room for the largest answer part the kernel sends.
@@ -561,7 +565,7 @@ impl Nft {
         if rc != 0 {
             return Err(nl_err("setting the socket timeout", std::io::Error::last_os_error()));
         }
-        Ok(Nft { socket, seq: 1, answer: Vec::with_capacity(ANSWER_SIZE) })
+        Ok(Nft { socket, seq: 1, answer: Vec::with_capacity(ANSWER_SIZE), probes: Vec::new() })
     }
 
     fn message(&mut self, family: NetfilterProtoFamily, inner: NetfilterMessageInner, flags: u16) -> Vec<u8> {
@@ -803,10 +807,12 @@ impl Nft {
     /// cost does not grow with the set; the rest is dropped with the socket it was asked on.
     pub fn set_is_empty(&mut self, table: &str, set: &str) -> Result<bool> {
         let mut empty = true;
-        Nft::open()?.read_elements(table, set, vec![], NLM_F_DUMP, |elements| {
+        let mut probe = Nft::open()?;
+        probe.read_elements(table, set, vec![], NLM_F_DUMP, |elements| {
             empty = elements.is_empty();
             empty
         })?;
+        self.probes.push(probe.socket);
         Ok(empty)
     }
 
