@@ -1,6 +1,7 @@
 //! The shared library of the cni-chain plugins: the CNI protocol and types, errors, netns entry,
 //! netlink, sysctl, IPAM delegation, names and the point-to-point veth that several plugins build.
 
+pub mod arena;
 pub mod conf;
 pub mod egress;
 pub mod error;

@@ -38,6 +38,9 @@ macro_rules! plugin_main {
             // SAFETY: C's start-up passes `argc` NUL-terminated strings in `argv`.
             $crate::run::<$plugin>(unsafe { $crate::plugin::first_arg(argc, argv) })
         }
+        #[cfg(not(test))]
+        #[global_allocator]
+        static ALLOCATOR: $crate::arena::Arena = $crate::arena::Arena::new();
         // The unit tests' own harness has the entry point; the plugin is still this executable's.
         #[cfg(test)]
         const _: fn(Option<std::ffi::OsString>) -> ! = $crate::run::<$plugin>;
