@@ -114,13 +114,18 @@ impl GroupMasq<'_> {
         let chain = self.chain();
         let [v4, v6] = member_sets(&chain);
         let mut b = Batch::new();
+        // Already members as asked (an ADD run again): nothing to commit for them.
+        let mut in_place = Vec::new();
         // Each member set of the family is asked for the pod's addresses: the cost does not grow with the pods.
         for set in nft.sets(self.table)?.into_iter().filter(|s| group_chain_of_set(s).is_some()) {
             let mut stale = Vec::new();
             for ip in ips.iter().filter(|ip| set.ends_with(if ip.is_ipv6() { "_v6" } else { "_v4" })) {
-                let held = nft.element(self.table, &set, *ip)?;
-                if held.is_some_and(|e| e.comment.as_deref() != Some(tag) || set != member_set_of(&chain, *ip)) {
-                    stale.push(*ip);
+                match nft.element(self.table, &set, *ip)? {
+                    Some(e) if e.comment.as_deref() == Some(tag) && set == member_set_of(&chain, *ip) => {
+                        in_place.push(*ip)
+                    }
+                    Some(_) => stale.push(*ip),
+                    None => {}
                 }
             }
             if !stale.is_empty() {
@@ -130,7 +135,7 @@ impl GroupMasq<'_> {
         for set in [&v4, &v6] {
             let members: Vec<Element> = ips
                 .iter()
-                .filter(|ip| member_set_of(&chain, **ip) == *set)
+                .filter(|ip| member_set_of(&chain, **ip) == *set && !in_place.contains(ip))
                 .map(|ip| Element { key: *ip, jump: None, comment: Some(tag.into()) })
                 .collect();
             if !members.is_empty() {
