@@ -5,7 +5,7 @@
 //! instead of every reservation (a cost that grew with the pods). The reservation files stay the truth.
 //! Here in `common` so the operator's tool reads reservations the way host-local does.
 
-use crate::files::{create_dir, io, lock_dir, refuse_symlink, write_atomic, FILE_MODE, TMP_SUFFIX};
+use crate::files::{create_dir, io, lock_dir, refuse_symlink, write_in_place, FILE_MODE, TMP_SUFFIX};
 use crate::Result;
 use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
@@ -98,7 +98,8 @@ impl Store {
             let _ = fs::remove_file(&path);
             return Err(io("writing", &path, e));
         }
-        write_atomic(&self.dir.join(format!("{LAST_RESERVED}{range_set}")), &ip.to_string())?;
+        // In place, as the reference writes it: a torn write reads as no last address, and the search starts over.
+        write_in_place(&self.dir.join(format!("{LAST_RESERVED}{range_set}")), &ip.to_string())?;
         Ok(true)
     }
 
@@ -133,7 +134,8 @@ impl Store {
     pub fn index(&self, container_id: &str, ifname: &str, ips: &[IpAddr]) -> Result<()> {
         create_dir(&self.dir.join(INDEX_DIR))?;
         let entry = IndexEntry { container_id: container_id.trim().into(), ifname: ifname.into(), ips: ips.to_vec() };
-        write_atomic(&self.index_path(container_id, ifname), &entry.to_string())
+        // A torn entry does not parse, and DEL falls back to reading every reservation.
+        write_in_place(&self.index_path(container_id, ifname), &entry.to_string())
     }
 
     /// Drop the attachment's entry, and the index directory with its last entry.
