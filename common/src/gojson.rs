@@ -7,6 +7,7 @@ use serde::de::{self, DeserializeOwned, DeserializeSeed, IntoDeserializer, MapAc
 use serde::forward_to_deserialize_any;
 use serde_json::{Map, Value};
 use std::cell::RefCell;
+use std::mem::ManuallyDrop;
 
 /// A key that no field of its struct took: where it was, and the fields that struct has.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,7 +25,9 @@ impl UnknownKey {
 }
 
 thread_local! {
-    static UNKNOWN: RefCell<Vec<UnknownKey>> = const { RefCell::new(Vec::new()) };
+    // Without a destructor: registering one sets up the C allocator in a plugin process (six system calls), and
+    // `from_value` leaves the list empty anyway.
+    static UNKNOWN: RefCell<ManuallyDrop<Vec<UnknownKey>>> = const { RefCell::new(ManuallyDrop::new(Vec::new())) };
 }
 
 /// Decode `raw` into `T` with Go's rules; also the keys no field took.
@@ -37,7 +40,7 @@ pub fn from_slice<T: DeserializeOwned>(raw: &[u8]) -> serde_json::Result<(T, Vec
 pub fn from_value<T: DeserializeOwned>(value: Value) -> serde_json::Result<(T, Vec<UnknownKey>)> {
     UNKNOWN.with(|u| u.borrow_mut().clear());
     let decoded = T::deserialize(Go { value, path: Vec::new() });
-    let unknown = UNKNOWN.with(|u| std::mem::take(&mut *u.borrow_mut()));
+    let unknown = UNKNOWN.with(|u| ManuallyDrop::into_inner(std::mem::take(&mut *u.borrow_mut())));
     decoded.map(|t| (t, unknown))
 }
 

@@ -46,9 +46,9 @@ pub fn init(plugin: &'static str, command: Command, config: &Config, container_i
     let mut builder = env_logger::Builder::new();
     builder.parse_filters(&filter.to_ascii_lowercase());
     let (verb, network, id) = (command.as_str(), config.net.name.clone(), container_id.escape_debug().to_string());
-    let pid = std::process::id();
     builder.format(move |buf, record| {
-        let ts = utc_now();
+        // Asked here, not up front: most calls log nothing.
+        let (ts, pid) = (utc_now(), std::process::id());
         let (who, verb) = match record.target().starts_with(HOST_LOCAL_TARGET) && plugin != "host-local" {
             true => ("host-local", in_process_verb()),
             false => (plugin, verb),
