@@ -684,6 +684,30 @@ impl Nft {
         }
     }
 
+    /// As `dump`, handing each answer's (message type, payload) to `each` unparsed.
+    fn dump_raw(&mut self, request: NfTablesMessage, mut each: impl FnMut(u16, &[u8])) -> Result<()> {
+        let seq = self.seq;
+        let buf = self.message(NetfilterProtoFamily::Inet, request.into(), NLM_F_DUMP);
+        self.socket.send(&buf, 0).map_err(|e| nl_err("dump request", e))?;
+        loop {
+            self.read_answer()?;
+            for (kind, _, msg_seq, payload) in raw_messages(&self.answer) {
+                match kind {
+                    _ if msg_seq != seq => {}
+                    NLMSG_DONE => return Ok(()),
+                    NLMSG_ERROR => {
+                        return match errno_of(payload) {
+                            0 => Ok(()),
+                            c if c == -libc::ENOENT => Ok(()),
+                            c => Err(nl_err("dump", errno_text(c))),
+                        }
+                    }
+                    _ => each(kind, payload),
+                }
+            }
+        }
+    }
+
     pub fn table_exists(&mut self, table: &str) -> Result<bool> {
         let tables = self.dump(NfTablesMessage::GetTable(TableMessage { attributes: vec![] }))?;
         Ok(tables.iter().any(|m| match m {
@@ -713,28 +737,29 @@ impl Nft {
         }))
     }
 
+    /// The rules of `chain`, read from the raw answer: the netlink crate's parser formats every expression's bytes
+    /// into an error message it almost never needs (most of an ADD's user time when it changes nothing).
     pub fn rules(&mut self, table: &str, chain: &str) -> Result<Vec<RuleInfo>> {
         let attrs = vec![RuleAttribute::Table(table.into()), RuleAttribute::Chain(chain.into())];
-        let rules = self.dump(NfTablesMessage::GetRule(RuleMessage { attributes: attrs }))?;
-        Ok(rules
-            .into_iter()
-            .filter_map(|m| match m {
-                NfTablesMessage::NewRule(r) => {
-                    let mut info = RuleInfo { handle: 0, comment: None };
-                    let mut in_chain = false;
-                    for a in r.attributes {
-                        match a {
-                            RuleAttribute::Handle(h) => info.handle = h,
-                            RuleAttribute::UserData(u) => info.comment = comment_of(&u),
-                            RuleAttribute::Chain(c) => in_chain = c == chain,
-                            _ => {}
-                        }
-                    }
-                    in_chain.then_some(info)
+        let mut rules = Vec::new();
+        self.dump_raw(NfTablesMessage::GetRule(RuleMessage { attributes: attrs }), |kind, payload| {
+            if kind != NFT_MSG_NEWRULE_TYPE {
+                return;
+            }
+            let (mut info, mut in_chain) = (RuleInfo { handle: 0, comment: None }, false);
+            for (attr, value) in nlas(payload.get(NFGENMSG_LEN..).unwrap_or_default()) {
+                match attr {
+                    NFTA_RULE_CHAIN => in_chain = value.strip_suffix(&[0]).unwrap_or(value) == chain.as_bytes(),
+                    NFTA_RULE_HANDLE => info.handle = value.try_into().map_or(0, u64::from_be_bytes),
+                    NFTA_RULE_USERDATA => info.comment = comment_of(value),
+                    _ => {}
                 }
-                _ => None,
-            })
-            .collect())
+            }
+            if in_chain {
+                rules.push(info);
+            }
+        })?;
+        Ok(rules)
     }
 
     /// Names of the sets and maps in `table`.
@@ -855,8 +880,7 @@ impl Nft {
                     NFT_MSG_NEWSETELEM_TYPE if !each(raw_set_elements(payload)) => return Ok(interrupted),
                     NLMSG_DONE => return Ok(interrupted),
                     NLMSG_ERROR => {
-                        let code = payload.get(..4).map_or(0, |c| i32::from_ne_bytes([c[0], c[1], c[2], c[3]]));
-                        return match code {
+                        return match errno_of(payload) {
                             0 => Ok(interrupted),
                             c if c == -libc::ENOENT => Ok(interrupted),
                             c => Err(nl_err("reading set elements", errno_text(c))),
@@ -872,6 +896,10 @@ impl Nft {
 const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
 const NFT_MSG_NEWSETELEM_TYPE: u16 = (NFNL_SUBSYS_NFTABLES << 8) | 12;
+const NFT_MSG_NEWRULE_TYPE: u16 = (NFNL_SUBSYS_NFTABLES << 8) | 6;
+const NFTA_RULE_CHAIN: u16 = 2;
+const NFTA_RULE_HANDLE: u16 = 3;
+const NFTA_RULE_USERDATA: u16 = 7;
 const NFGENMSG_LEN: usize = 4;
 const NLA_TYPE_MASK: u16 = 0x3fff;
 const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
@@ -882,6 +910,11 @@ const NFTA_SET_ELEM_USERDATA: u16 = 6;
 const NFTA_DATA_VALUE: u16 = 1;
 const NFTA_DATA_VERDICT: u16 = 2;
 const NFTA_VERDICT_CHAIN: u16 = 2;
+
+/// The (negative) errno of an NLMSG_ERROR's payload; 0 for an acknowledgement.
+fn errno_of(payload: &[u8]) -> i32 {
+    payload.get(..4).map_or(0, |c| i32::from_ne_bytes([c[0], c[1], c[2], c[3]]))
+}
 
 /// The netlink messages in a buffer as (type, flags, sequence number, payload).
 fn raw_messages(buf: &[u8]) -> Vec<(u16, u16, u32, &[u8])> {
