@@ -185,6 +185,33 @@ pub async fn link_by_name(handle: &Handle, name: &str) -> Result<Option<Link>> {
     }
 }
 
+/// `link_by_name` over a plain blocking socket in the calling thread's netns, without the runtime, for a call that
+/// often finds it has nothing to do (linkgroup's ADD run again): there the runtime and its socket's task cost more
+/// than the lookup. None when the link does not exist; an error for any answer but the link or ENODEV.
+pub fn link_by_name_now(name: &str) -> Result<Option<Link>> {
+    let fail = |e: String| CniError::netlink(format!("looking up link {name}"), e);
+    let socket = netlink_sys::Socket::new(netlink_sys::constants::NETLINK_ROUTE).map_err(|e| fail(e.to_string()))?;
+    let mut request = LinkMessage::default();
+    request.attributes.push(LinkAttribute::IfName(name.to_string()));
+    request.attributes.push(LinkAttribute::ExtMask(vec![LinkExtentMask::SkipStats]));
+    let mut message = NetlinkMessage::from(RouteNetlinkMessage::GetLink(request));
+    message.header.flags = NLM_F_REQUEST;
+    message.finalize();
+    let mut buf = vec![0; message.buffer_len()];
+    message.serialize(&mut buf);
+    socket.send(&buf, 0).map_err(|e| fail(e.to_string()))?;
+    // The kernel answers a link request while sending it: the answer is there, or something is wrong.
+    let mut answer = Vec::with_capacity(8192);
+    socket.recv(&mut answer, nix::libc::MSG_DONTWAIT).map_err(|e| fail(e.to_string()))?;
+    let reply = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&answer).map_err(|e| fail(e.to_string()))?;
+    match reply.payload {
+        NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(m)) => Ok(Some(Link::from_message(&m))),
+        NetlinkPayload::Error(e) if e.code.is_some_and(|c| -c.get() == ENODEV) => Ok(None),
+        NetlinkPayload::Error(e) => Err(fail(e.to_io().to_string())),
+        other => Err(fail(format!("unexpected answer {other:?}"))),
+    }
+}
+
 pub async fn link_by_index(handle: &Handle, index: u32) -> Result<Option<Link>> {
     let mut stream = get_link(handle).match_index(index).execute();
     match stream.next().await {

@@ -284,6 +284,43 @@ fn linkgroup_after_the_reference_ptp_and_bridge() {
     Call::new("linkgroup", "ADD", "x", node.path()).run(&node, bad).err(7);
 }
 
+/// linkgroup's ADD run again finds the links in their group (asked without its runtime) and changes nothing; a group
+/// changed since is set again, and after a bridge both the bridge and its port are still grouped.
+#[test]
+fn linkgroup_add_run_again_changes_nothing_and_sets_a_changed_group_again() {
+    let (node, data) = (Netns::new(), TempDir::new("lg-again"));
+    for (main, subnet) in [("ptp", "10.65.0.0/24"), ("/usr/lib/cni/bridge", "10.66.0.0/24")] {
+        let list = json!({"cniVersion": "1.0.0", "name": "lgagain", "plugins": [
+            {"type": main, "bridge": "br-again", "isGateway": true,
+             "ipam": {"type": "host-local", "dataDir": data.str(), "ranges": [[{"subnet": subnet}]]}},
+            {"type": "linkgroup", "group": 8}
+        ]});
+        let (chain, pod) = (Chain::new(list), Netns::new());
+        let r = chain.add(&node, "a1", pod.path());
+        let host: Vec<String> = r["interfaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|i| i.get("sandbox").is_none())
+            .map(|i| i["name"].as_str().unwrap().to_string())
+            .collect();
+        let conf = json!({"cniVersion": "1.0.0", "name": "lgagain", "type": "linkgroup", "group": 8});
+        let again = || {
+            let reply = Call::new("linkgroup", "ADD", "a1", pod.path()).run(&node, &with_prev_result(&conf, &r));
+            assert_eq!(reply.ok()["interfaces"], r["interfaces"], "{main}");
+            for name in &host {
+                assert_eq!(node.link(name).unwrap()["group"], "8", "{main}: {name}");
+            }
+        };
+        again();
+        for name in &host {
+            node.ip(&["link", "set", name, "group", "0"]);
+            again();
+        }
+        chain.del(&node, "a1", pod.path(), Some(&r));
+    }
+}
+
 #[test]
 fn status_says_when_nftables_is_not_usable() {
     let node = Netns::new();

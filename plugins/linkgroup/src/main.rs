@@ -97,10 +97,35 @@ fn pod_ifnames<'a>(inv: &Invocation, prev: &'a CniResult) -> Vec<&'a str> {
         .collect()
 }
 
+/// Whether every node-side link ADD would group is in `group` already, asked without starting the runtime (an ADD
+/// run again). Anything less plain (a bridge port, a missing link, a failed lookup) is false: ADD then decides.
+fn already_grouped(prev: &CniResult, named: Option<&[String]>, group: u32) -> bool {
+    let names: Vec<&str> = match named {
+        Some(names) => names.iter().map(String::as_str).collect(),
+        None => prev
+            .interfaces
+            .iter()
+            .filter(|i| i.sandbox.as_deref().unwrap_or("").is_empty())
+            .map(|i| i.name.as_str())
+            .collect(),
+    };
+    !names.is_empty()
+        && names.iter().all(|name| {
+            netlink::link_by_name_now(name).is_ok_and(|link| {
+                link.is_some_and(|l| {
+                    l.group == group && l.master.is_none() && (named.is_some() || l.is_veth() || l.is_bridge())
+                })
+            })
+        })
+}
+
 /// Apply (or, with `verify`, compare) the groups.
 fn walk(inv: &Invocation, verify: bool) -> Result<CniResult> {
     let g = groups(inv)?;
     let prev = inv.config.require_prev_result()?;
+    if !verify && g.container.is_none() && already_grouped(&prev, g.interfaces.as_deref(), g.host) {
+        return Ok(prev);
+    }
     let rtnl = Rtnl::new()?;
     let node = rtnl.connect()?;
     let set_or_check = |handle: &Handle, link: Link, group: u32| {
