@@ -127,7 +127,8 @@ fn serve<P: Plugin>(env: &Env<impl Fn(&str) -> Option<String>>) -> std::result::
         Netns::open_for_del(&inv.netns).map_err(|e| (version, e))?;
     }
     log::debug!("ifname={} netns={} config type {}", inv.ifname, inv.netns, inv.config.net.kind);
-    let started = std::time::Instant::now();
+    // Only when it is logged: musl's first clock read looks the clock up in the vDSO.
+    let started = log::log_enabled!(log::Level::Info).then(std::time::Instant::now);
     let out = match command {
         Command::Add => P::add(&inv).map(|r| Some(r.to_value(inv.config.version))),
         Command::Del => P::del(&inv).map(|_| None),
@@ -136,10 +137,12 @@ fn serve<P: Plugin>(env: &Env<impl Fn(&str) -> Option<String>>) -> std::result::
         Command::Gc => P::gc(&inv).map(|_| None),
         Command::Version => unreachable!("handled above"),
     };
-    let ms = started.elapsed().as_secs_f64() * 1000.0;
-    match &out {
-        Ok(_) => log::info!("{} ok in {ms:.1} ms", command.as_str()),
-        Err(e) => log::info!("{} failed with code {} in {ms:.1} ms", command.as_str(), e.code()),
+    if let Some(started) = started {
+        let ms = started.elapsed().as_secs_f64() * 1000.0;
+        match &out {
+            Ok(_) => log::info!("{} ok in {ms:.1} ms", command.as_str()),
+            Err(e) => log::info!("{} failed with code {} in {ms:.1} ms", command.as_str(), e.code()),
+        }
     }
     out.map_err(|e| (version, e))
 }
