@@ -243,6 +243,12 @@ fn ptp_ip_masq_uses_the_pod_mode() {
     assert!(pod_veths(&s.node).is_empty());
 }
 
+/// The result's interfaces on the node (no sandbox).
+fn node_side_interfaces(result: &Value) -> Vec<String> {
+    let interfaces = result["interfaces"].as_array().unwrap().iter();
+    interfaces.filter(|i| i.get("sandbox").is_none()).map(|i| i["name"].as_str().unwrap().to_string()).collect()
+}
+
 #[test]
 fn linkgroup_after_the_reference_ptp_and_bridge() {
     let (node, data) = (Netns::new(), TempDir::new("lg"));
@@ -255,13 +261,7 @@ fn linkgroup_after_the_reference_ptp_and_bridge() {
         let chain = Chain::new(list);
         let pod = Netns::new();
         let r = chain.add(&node, "l1", pod.path());
-        let host: Vec<String> = r["interfaces"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|i| i.get("sandbox").is_none())
-            .map(|i| i["name"].as_str().unwrap().to_string())
-            .collect();
+        let host = node_side_interfaces(&r);
         // The bridge too: routed traffic enters the node through it, not through its port.
         for name in &host {
             assert_eq!(node.link(name).unwrap()["group"], "8", "{main}: {name}");
@@ -297,13 +297,7 @@ fn linkgroup_add_run_again_changes_nothing_and_sets_a_changed_group_again() {
         ]});
         let (chain, pod) = (Chain::new(list), Netns::new());
         let r = chain.add(&node, "a1", pod.path());
-        let host: Vec<String> = r["interfaces"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|i| i.get("sandbox").is_none())
-            .map(|i| i["name"].as_str().unwrap().to_string())
-            .collect();
+        let host = node_side_interfaces(&r);
         let conf = json!({"cniVersion": "1.0.0", "name": "lgagain", "type": "linkgroup", "group": 8});
         let again = || {
             let reply = Call::new("linkgroup", "ADD", "a1", pod.path()).run(&node, &with_prev_result(&conf, &r));
