@@ -98,7 +98,7 @@ impl Store {
             let _ = fs::remove_file(&path);
             return Err(io("writing", &path, e));
         }
-        // In place, as the reference writes it: a torn write reads as no last address, and the search starts over.
+        // In place, as the reference writes it: a torn write at worst moves where the next search starts.
         write_in_place(&self.dir.join(format!("{LAST_RESERVED}{range_set}")), &ip.to_string())?;
         Ok(true)
     }
@@ -134,7 +134,7 @@ impl Store {
     pub fn index(&self, container_id: &str, ifname: &str, ips: &[IpAddr]) -> Result<()> {
         create_dir(&self.dir.join(INDEX_DIR))?;
         let entry = IndexEntry { container_id: container_id.trim().into(), ifname: ifname.into(), ips: ips.to_vec() };
-        // A torn entry does not parse, and DEL falls back to reading every reservation.
+        // In place: a torn entry does not parse (the files are read), or names addresses `indexed` checks in the files.
         write_in_place(&self.index_path(container_id, ifname), &entry.to_string())
     }
 
