@@ -684,25 +684,38 @@ impl Nft {
         }
     }
 
-    /// As `dump`, handing each answer's (message type, payload) to `each` unparsed.
-    fn dump_raw(&mut self, request: NfTablesMessage, mut each: impl FnMut(u16, &[u8])) -> Result<()> {
+    /// Send `request` and hand each answer message's (type, payload) to `each`, unparsed, until the end of the
+    /// answer (a missing table or set ends it like an empty one) or until `each` says to stop; whether the kernel
+    /// said a concurrent change interrupted the dump. The netlink crate's parser is slow on what we read most.
+    fn request_raw(
+        &mut self,
+        request: NfTablesMessage,
+        flags: u16,
+        what: &str,
+        mut each: impl FnMut(u16, &[u8]) -> bool,
+    ) -> Result<bool> {
         let seq = self.seq;
-        let buf = self.message(NetfilterProtoFamily::Inet, request.into(), NLM_F_DUMP);
-        self.socket.send(&buf, 0).map_err(|e| nl_err("dump request", e))?;
+        let buf = self.message(NetfilterProtoFamily::Inet, request.into(), flags);
+        self.socket.send(&buf, 0).map_err(|e| nl_err(what, e))?;
+        let mut interrupted = false;
         loop {
             self.read_answer()?;
-            for (kind, _, msg_seq, payload) in raw_messages(&self.answer) {
+            for (kind, flags, msg_seq, payload) in raw_messages(&self.answer) {
+                if msg_seq != seq {
+                    continue;
+                }
+                interrupted |= flags & NLM_F_DUMP_INTR != 0;
                 match kind {
-                    _ if msg_seq != seq => {}
-                    NLMSG_DONE => return Ok(()),
+                    NLMSG_DONE => return Ok(interrupted),
                     NLMSG_ERROR => {
                         return match errno_of(payload) {
-                            0 => Ok(()),
-                            c if c == -libc::ENOENT => Ok(()),
-                            c => Err(nl_err("dump", errno_text(c))),
-                        }
+                            0 => Ok(interrupted),
+                            c if c == -libc::ENOENT => Ok(interrupted),
+                            c => Err(nl_err(what, errno_text(c))),
+                        };
                     }
-                    _ => each(kind, payload),
+                    _ if !each(kind, payload) => return Ok(interrupted),
+                    _ => {}
                 }
             }
         }
@@ -741,10 +754,11 @@ impl Nft {
     /// into an error message it almost never needs (most of an ADD's user time when it changes nothing).
     pub fn rules(&mut self, table: &str, chain: &str) -> Result<Vec<RuleInfo>> {
         let attrs = vec![RuleAttribute::Table(table.into()), RuleAttribute::Chain(chain.into())];
+        let request = NfTablesMessage::GetRule(RuleMessage { attributes: attrs });
         let mut rules = Vec::new();
-        self.dump_raw(NfTablesMessage::GetRule(RuleMessage { attributes: attrs }), |kind, payload| {
+        self.request_raw(request, NLM_F_DUMP, "reading rules", |kind, payload| {
             if kind != NFT_MSG_NEWRULE_TYPE {
-                return;
+                return true;
             }
             let (mut info, mut in_chain) = (RuleInfo { handle: 0, comment: None }, false);
             for (attr, value) in nlas(payload.get(NFGENMSG_LEN..).unwrap_or_default()) {
@@ -758,6 +772,7 @@ impl Nft {
             if in_chain {
                 rules.push(info);
             }
+            true
         })?;
         Ok(rules)
     }
@@ -852,10 +867,8 @@ impl Nft {
         Ok((!interrupted).then_some(out))
     }
 
-    /// Ask for `set`'s elements (`keys` of them, or all) and hand each answer's elements to `each` until the end
-    /// of the answer (a missing table or set ends it like an empty one) or until `each` says to stop; whether the
-    /// kernel said a concurrent change interrupted the dump. Read from the raw answer: the netlink crate's parser
-    /// formats the whole element list once per element.
+    /// Ask for `set`'s elements (`keys` of them, or all) and hand each answer's elements to `each`, as
+    /// `request_raw` does; the netlink crate's parser formats the whole element list once per element.
     fn read_elements(
         &mut self,
         table: &str,
@@ -864,32 +877,10 @@ impl Nft {
         flags: u16,
         mut each: impl FnMut(Vec<Element>) -> bool,
     ) -> Result<bool> {
-        let seq = self.seq;
-        let req = NfTablesMessage::GetSetElement(Batch::elements(table, set, keys));
-        let buf = self.message(NetfilterProtoFamily::Inet, req.into(), flags);
-        self.socket.send(&buf, 0).map_err(|e| nl_err("element request", e))?;
-        let mut interrupted = false;
-        loop {
-            self.read_answer()?;
-            for (kind, flags, msg_seq, payload) in raw_messages(&self.answer) {
-                if msg_seq != seq {
-                    continue;
-                }
-                interrupted |= flags & NLM_F_DUMP_INTR != 0;
-                match kind {
-                    NFT_MSG_NEWSETELEM_TYPE if !each(raw_set_elements(payload)) => return Ok(interrupted),
-                    NLMSG_DONE => return Ok(interrupted),
-                    NLMSG_ERROR => {
-                        return match errno_of(payload) {
-                            0 => Ok(interrupted),
-                            c if c == -libc::ENOENT => Ok(interrupted),
-                            c => Err(nl_err("reading set elements", errno_text(c))),
-                        };
-                    }
-                    _ => {}
-                }
-            }
-        }
+        let request = NfTablesMessage::GetSetElement(Batch::elements(table, set, keys));
+        self.request_raw(request, flags, "reading set elements", |kind, payload| {
+            kind != NFT_MSG_NEWSETELEM_TYPE || each(raw_set_elements(payload))
+        })
     }
 }
 

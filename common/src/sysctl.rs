@@ -50,12 +50,9 @@ pub fn enable_ipv6_without_dad(ifname: &str) -> Result<()> {
 /// that whole table on every link event (a veth going up, a group set), which made each ADD slower the more
 /// pods the node had. A kernel without IPv6 has nothing to switch off.
 pub fn disable_ipv6(ifname: &str) -> Result<()> {
-    let key = format!("net/ipv6/conf/{ifname}/disable_ipv6");
-    match fs::write(path(&key), "1") {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !std::path::Path::new("/proc/sys/net/ipv6").exists() => {
-            Ok(())
-        }
-        written => written.map_err(|e| sysctl_error(&key, e)),
+    match set(&format!("net/ipv6/conf/{ifname}/disable_ipv6"), "1") {
+        Err(_) if !std::path::Path::new(&path("net/ipv6")).exists() => Ok(()),
+        written => written,
     }
 }
 

@@ -5,6 +5,7 @@
 use common::linkgroup::GroupRef;
 use common::netlink::{self, Handle, Link, Rtnl};
 use common::netns::Netns;
+use common::types::Interface;
 use common::{CniError, CniResult, Invocation, Plugin, Result};
 use serde::Deserialize;
 
@@ -33,6 +34,11 @@ fn groups(inv: &Invocation) -> Result<Groups> {
     Ok(Groups { host, container, interfaces: conf.interfaces })
 }
 
+/// prevResult's interfaces on the node (no sandbox).
+fn node_side(prev: &CniResult) -> impl Iterator<Item = &Interface> {
+    prev.interfaces.iter().filter(|i| i.sandbox.as_deref().unwrap_or("").is_empty())
+}
+
 /// The node-side links to group: the ones named in the config, else those pod traffic enters the node
 /// through. After a point-to-point plugin that is its host veth; after a bridge plugin, routed traffic enters
 /// through the bridge, not through the port, so the bridge is grouped (with its ports, for bridged traffic).
@@ -53,7 +59,7 @@ async fn host_links(node: &Handle, prev: &CniResult, named: Option<&[String]>) -
             }
         }
         None => {
-            for iface in prev.interfaces.iter().filter(|i| i.sandbox.as_deref().unwrap_or("").is_empty()) {
+            for iface in node_side(prev) {
                 let Some(link) = netlink::link_by_name(node, &iface.name).await? else { continue };
                 if !link.is_veth() && !link.is_bridge() {
                     continue;
@@ -102,12 +108,7 @@ fn pod_ifnames<'a>(inv: &Invocation, prev: &'a CniResult) -> Vec<&'a str> {
 fn already_grouped(prev: &CniResult, named: Option<&[String]>, group: u32) -> bool {
     let names: Vec<&str> = match named {
         Some(names) => names.iter().map(String::as_str).collect(),
-        None => prev
-            .interfaces
-            .iter()
-            .filter(|i| i.sandbox.as_deref().unwrap_or("").is_empty())
-            .map(|i| i.name.as_str())
-            .collect(),
+        None => node_side(prev).map(|i| i.name.as_str()).collect(),
     };
     !names.is_empty()
         && names.iter().all(|name| {
