@@ -8,9 +8,9 @@ use crate::error::{CniError, Result};
 use crate::netns::Netns;
 use futures::StreamExt;
 use ipnetwork::IpNetwork;
-use netlink_packet_core::{NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_REQUEST};
+use netlink_packet_core::{NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_REQUEST};
 use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage};
-use netlink_packet_route::link::{InfoData, InfoVeth, LinkAttribute, LinkExtentMask, LinkInfo, LinkMessage};
+use netlink_packet_route::link::{InfoData, InfoVeth, LinkAttribute, LinkInfo, LinkMessage};
 use netlink_packet_route::neighbour::{NeighbourFlags, NeighbourState};
 use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope};
 use netlink_packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
@@ -85,6 +85,101 @@ impl Rtnl {
 
     pub fn block_on<F: Future>(&self, f: F) -> F::Output {
         self.rt.block_on(f)
+    }
+}
+
+/// A blocking NETLINK_ROUTE socket, for a plugin that asks about a link or two and changes little (linkgroup):
+/// the kernel answers a request before `send` returns, so one request and one read do it, without the runtime
+/// and its socket task, which would cost more than the questions.
+pub struct RtnlNow {
+    socket: netlink_sys::Socket,
+    seq: u32,
+}
+
+/// Larger than any link's answer; only the pages the kernel writes into are touched.
+const ANSWER_MAX: usize = 32 << 10;
+
+impl RtnlNow {
+    /// A socket in the calling thread's netns.
+    pub fn new() -> Result<Self> {
+        let socket = netlink_sys::Socket::new(netlink_sys::constants::NETLINK_ROUTE)
+            .map_err(|e| CniError::Netlink(format!("socket: {e}")))?;
+        Ok(RtnlNow { socket, seq: 0 })
+    }
+
+    /// A socket that acts inside `ns` (entered only while the socket is created).
+    pub fn new_in(ns: &Netns) -> Result<Self> {
+        let _guard = ns.enter()?;
+        Self::new()
+    }
+
+    /// One request and its one answer: a message, or None for the kernel's ack.
+    fn ask(&mut self, message: RouteNetlinkMessage, ack: bool) -> std::io::Result<Option<RouteNetlinkMessage>> {
+        self.seq += 1;
+        let mut request = NetlinkMessage::from(message);
+        request.header.flags = NLM_F_REQUEST | if ack { NLM_F_ACK } else { 0 };
+        request.header.sequence_number = self.seq;
+        request.finalize();
+        let mut buf = vec![0; request.buffer_len()];
+        request.serialize(&mut buf);
+        self.socket.send(&buf, 0)?;
+        // Already queued, or something is wrong: never wait.
+        let mut answer = Vec::with_capacity(ANSWER_MAX);
+        let len = self.socket.recv(&mut answer, nix::libc::MSG_DONTWAIT | nix::libc::MSG_TRUNC)?;
+        let unexpected = |what: String| std::io::Error::new(std::io::ErrorKind::InvalidData, what);
+        if len > answer.len() {
+            return Err(unexpected(format!("an answer of {len} bytes, more than {ANSWER_MAX}")));
+        }
+        let reply =
+            NetlinkMessage::<RouteNetlinkMessage>::deserialize(&answer).map_err(|e| unexpected(e.to_string()))?;
+        if reply.header.sequence_number != self.seq {
+            return Err(unexpected(format!("an answer to request {}", reply.header.sequence_number)));
+        }
+        match reply.payload {
+            NetlinkPayload::InnerMessage(m) => Ok(Some(m)),
+            NetlinkPayload::Error(e) if e.code.is_some() => Err(e.to_io()),
+            NetlinkPayload::Error(_) if ack => Ok(None),
+            other => Err(unexpected(format!("unexpected answer {other:?}"))),
+        }
+    }
+
+    fn link(&mut self, request: LinkMessage, what: impl FnOnce() -> String) -> Result<Option<Link>> {
+        match self.ask(RouteNetlinkMessage::GetLink(request), false) {
+            Ok(Some(RouteNetlinkMessage::NewLink(m))) => Ok(Some(Link::from_message(&m))),
+            Err(e) if e.raw_os_error() == Some(ENODEV) => Ok(None),
+            Err(e) => Err(CniError::netlink(what(), e)),
+            Ok(other) => Err(CniError::netlink(what(), format!("unexpected answer {other:?}"))),
+        }
+    }
+
+    pub fn link_by_name(&mut self, name: &str) -> Result<Option<Link>> {
+        let mut request = LinkMessage::default();
+        request.attributes.push(LinkAttribute::IfName(name.to_string()));
+        self.link(request, || format!("looking up link {name}"))
+    }
+
+    pub fn link_by_index(&mut self, index: u32) -> Result<Option<Link>> {
+        let mut request = LinkMessage::default();
+        request.header.index = index;
+        self.link(request, || format!("looking up link {index}"))
+    }
+
+    pub fn set_link_group(&mut self, index: u32, group: u32) -> Result<()> {
+        log::debug!("setting link {index}: group {group}");
+        let mut request = LinkMessage::default();
+        request.header.index = index;
+        request.attributes.push(LinkAttribute::Group(group));
+        match self.ask(RouteNetlinkMessage::SetLink(request), true) {
+            Ok(None) => Ok(()),
+            Ok(Some(other)) => Err(CniError::netlink(
+                format!("setting the group of link {index}"),
+                format!("unexpected answer {other:?}"),
+            )),
+            Err(e) => {
+                let hint = crate::error::privilege_hint(e.raw_os_error(), NODE_NET_ADMIN);
+                Err(CniError::netlink(format!("setting the group of link {index}"), format!("{e}{hint}")))
+            }
+        }
     }
 }
 
@@ -170,15 +265,8 @@ async fn dump(handle: &Handle, request: RouteNetlinkMessage) -> Result<Vec<Route
     Err(CniError::TryAgainLater("netlink dump kept being interrupted by concurrent changes".into()))
 }
 
-/// Asks the kernel to leave the counters out of a link's answer (about a third of it), which nothing here reads.
-fn skip_stats() -> LinkAttribute {
-    LinkAttribute::ExtMask(vec![LinkExtentMask::SkipStats])
-}
-
 fn get_link(handle: &Handle) -> LinkGetRequest {
-    let mut request = handle.link().get();
-    request.message_mut().attributes.push(skip_stats());
-    request
+    handle.link().get()
 }
 
 pub async fn link_by_name(handle: &Handle, name: &str) -> Result<Option<Link>> {
@@ -188,33 +276,6 @@ pub async fn link_by_name(handle: &Handle, name: &str) -> Result<Option<Link>> {
         Some(Err(e)) if is_gone(&e) => Ok(None),
         Some(Err(e)) => Err(nl_err(format!("looking up link {name}"))(e)),
         None => Ok(None),
-    }
-}
-
-/// `link_by_name` over a plain blocking socket in the calling thread's netns, without the runtime, for a call that
-/// often finds it has nothing to do (linkgroup's ADD run again): there the runtime and its socket's task cost more
-/// than the lookup. None when the link does not exist; an error for any answer but the link or ENODEV.
-pub fn link_by_name_now(name: &str) -> Result<Option<Link>> {
-    let fail = |e: String| CniError::netlink(format!("looking up link {name}"), e);
-    let socket = netlink_sys::Socket::new(netlink_sys::constants::NETLINK_ROUTE).map_err(|e| fail(e.to_string()))?;
-    let mut request = LinkMessage::default();
-    request.attributes.push(LinkAttribute::IfName(name.to_string()));
-    request.attributes.push(skip_stats());
-    let mut message = NetlinkMessage::from(RouteNetlinkMessage::GetLink(request));
-    message.header.flags = NLM_F_REQUEST;
-    message.finalize();
-    let mut buf = vec![0; message.buffer_len()];
-    message.serialize(&mut buf);
-    socket.send(&buf, 0).map_err(|e| fail(e.to_string()))?;
-    // The kernel answers a link request while sending it: the answer is there, or something is wrong.
-    let mut answer = Vec::with_capacity(8192);
-    socket.recv(&mut answer, nix::libc::MSG_DONTWAIT).map_err(|e| fail(e.to_string()))?;
-    let reply = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&answer).map_err(|e| fail(e.to_string()))?;
-    match reply.payload {
-        NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(m)) => Ok(Some(Link::from_message(&m))),
-        NetlinkPayload::Error(e) if e.code.is_some_and(|c| -c.get() == ENODEV) => Ok(None),
-        NetlinkPayload::Error(e) => Err(fail(e.to_io().to_string())),
-        other => Err(fail(format!("unexpected answer {other:?}"))),
     }
 }
 
@@ -229,9 +290,7 @@ pub async fn link_by_index(handle: &Handle, index: u32) -> Result<Option<Link>> 
 }
 
 pub async fn links(handle: &Handle) -> Result<Vec<Link>> {
-    let mut request = LinkMessage::default();
-    request.attributes.push(skip_stats());
-    let msgs = dump(handle, RouteNetlinkMessage::GetLink(request)).await?;
+    let msgs = dump(handle, RouteNetlinkMessage::GetLink(LinkMessage::default())).await?;
     Ok(msgs
         .iter()
         .filter_map(|m| match m {

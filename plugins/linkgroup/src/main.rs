@@ -3,7 +3,7 @@
 #![cfg_attr(not(test), no_main)]
 
 use common::linkgroup::GroupRef;
-use common::netlink::{self, Handle, Link, Rtnl};
+use common::netlink::{Link, RtnlNow};
 use common::netns::Netns;
 use common::types::Interface;
 use common::{CniError, CniResult, Invocation, Plugin, Result};
@@ -42,7 +42,7 @@ fn node_side(prev: &CniResult) -> impl Iterator<Item = &Interface> {
 /// The node-side links to group: the ones named in the config, else those pod traffic enters the node
 /// through. After a point-to-point plugin that is its host veth; after a bridge plugin, routed traffic enters
 /// through the bridge, not through the port, so the bridge is grouped (with its ports, for bridged traffic).
-async fn host_links(node: &Handle, prev: &CniResult, named: Option<&[String]>) -> Result<Vec<Link>> {
+fn host_links(node: &mut RtnlNow, prev: &CniResult, named: Option<&[String]>) -> Result<Vec<Link>> {
     let mut links: Vec<Link> = Vec::new();
     let mut push = |link: Link| {
         if !links.iter().any(|l| l.index == link.index) {
@@ -52,7 +52,7 @@ async fn host_links(node: &Handle, prev: &CniResult, named: Option<&[String]>) -
     match named {
         Some(names) => {
             for name in names {
-                let link = netlink::link_by_name(node, name).await?;
+                let link = node.link_by_name(name)?;
                 push(link.ok_or_else(|| {
                     CniError::InvalidConfig(format!("interface {name:?} does not exist on the node"))
                 })?);
@@ -60,12 +60,12 @@ async fn host_links(node: &Handle, prev: &CniResult, named: Option<&[String]>) -
         }
         None => {
             for iface in node_side(prev) {
-                let Some(link) = netlink::link_by_name(node, &iface.name).await? else { continue };
+                let Some(link) = node.link_by_name(&iface.name)? else { continue };
                 if !link.is_veth() && !link.is_bridge() {
                     continue;
                 }
                 if let Some(master) = link.master {
-                    let port_of = netlink::link_by_index(node, master).await?;
+                    let port_of = node.link_by_index(master)?;
                     match port_of {
                         Some(m) if m.is_bridge() => push(m),
                         // A bond, a VRF, an OVS port: what traffic enters through is not ours to know.
@@ -103,63 +103,32 @@ fn pod_ifnames<'a>(inv: &Invocation, prev: &'a CniResult) -> Vec<&'a str> {
         .collect()
 }
 
-/// Whether every node-side link ADD would group is in `group` already, asked without starting the runtime (an ADD
-/// run again). Anything less plain (a bridge port, a missing link, a failed lookup) is false: ADD then decides.
-fn already_grouped(prev: &CniResult, named: Option<&[String]>, group: u32) -> bool {
-    let names: Vec<&str> = match named {
-        Some(names) => names.iter().map(String::as_str).collect(),
-        None => node_side(prev).map(|i| i.name.as_str()).collect(),
-    };
-    !names.is_empty()
-        && names.iter().all(|name| {
-            netlink::link_by_name_now(name).is_ok_and(|link| {
-                link.is_some_and(|l| {
-                    l.group == group && l.master.is_none() && (named.is_some() || l.is_veth() || l.is_bridge())
-                })
-            })
-        })
-}
-
 /// Apply (or, with `verify`, compare) the groups.
 fn walk(inv: &Invocation, verify: bool) -> Result<CniResult> {
     let g = groups(inv)?;
     let prev = inv.config.require_prev_result()?;
-    if !verify && g.container.is_none() && already_grouped(&prev, g.interfaces.as_deref(), g.host) {
-        return Ok(prev);
+    let mut node = RtnlNow::new()?;
+    for link in host_links(&mut node, &prev, g.interfaces.as_deref())? {
+        set_or_check(&mut node, &link, g.host, verify)?;
     }
-    let rtnl = Rtnl::new()?;
-    let node = rtnl.connect()?;
-    let set_or_check = |handle: &Handle, link: Link, group: u32| {
-        let handle = handle.clone();
-        async move {
-            if verify && link.group != group {
-                return Err(CniError::CheckFailed(format!("{} is in group {}, not {group}", link.name, link.group)));
-            }
-            if !verify && link.group != group {
-                netlink::set_link_attrs(&handle, link.index, Some(group), None, false).await?;
-            }
-            Ok(())
-        }
-    };
-    rtnl.block_on(async {
-        for link in host_links(&node, &prev, g.interfaces.as_deref()).await? {
-            set_or_check(&node, link, g.host).await?;
-        }
-        Ok::<_, CniError>(())
-    })?;
     if let Some(group) = g.container {
-        let pod = rtnl.connect_in(&Netns::open(&inv.netns)?)?;
-        rtnl.block_on(async {
-            for name in pod_ifnames(inv, &prev) {
-                let link = netlink::link_by_name(&pod, name).await?;
-                let link =
-                    link.ok_or_else(|| CniError::CheckFailed(format!("{name} is missing from {}", inv.netns)))?;
-                set_or_check(&pod, link, group).await?;
-            }
-            Ok::<_, CniError>(())
-        })?;
+        let mut pod = RtnlNow::new_in(&Netns::open(&inv.netns)?)?;
+        for name in pod_ifnames(inv, &prev) {
+            let link = pod.link_by_name(name)?;
+            let link = link.ok_or_else(|| CniError::CheckFailed(format!("{name} is missing from {}", inv.netns)))?;
+            set_or_check(&mut pod, &link, group, verify)?;
+        }
     }
     Ok(prev)
+}
+
+/// Put `link` into `group`, unless it is there already; with `verify`, only say whether it is.
+fn set_or_check(socket: &mut RtnlNow, link: &Link, group: u32, verify: bool) -> Result<()> {
+    match link.group == group {
+        true => Ok(()),
+        false if verify => Err(CniError::CheckFailed(format!("{} is in group {}, not {group}", link.name, link.group))),
+        false => socket.set_link_group(link.index, group),
+    }
 }
 
 impl Plugin for LinkGroup {
