@@ -19,6 +19,7 @@ pub mod names;
 pub mod netlink;
 pub mod netns;
 pub mod nft;
+pub mod nlraw;
 pub mod p2p;
 pub mod plugin;
 pub mod policy_route;

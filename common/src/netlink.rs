@@ -6,6 +6,7 @@
 
 use crate::error::{CniError, Result};
 use crate::netns::Netns;
+use crate::nlraw;
 use futures::StreamExt;
 use ipnetwork::IpNetwork;
 use netlink_packet_core::{NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_REQUEST};
@@ -94,17 +95,30 @@ impl Rtnl {
 pub struct RtnlNow {
     socket: netlink_sys::Socket,
     seq: u32,
+    answer: Vec<u8>,
 }
 
 /// Larger than any link's answer; only the pages the kernel writes into are touched.
 const ANSWER_MAX: usize = 32 << 10;
+const RTM_NEWLINK: u16 = 16;
+const IFLA_ADDRESS: u16 = 1;
+const IFLA_IFNAME: u16 = 3;
+const IFLA_MTU: u16 = 4;
+const IFLA_MASTER: u16 = 10;
+const IFLA_LINKINFO: u16 = 18;
+const IFLA_IFALIAS: u16 = 20;
+const IFLA_GROUP: u16 = 27;
+const IFLA_LINK_NETNSID: u16 = 37;
+const IFLA_INFO_KIND: u16 = 1;
+/// struct ifinfomsg, before a link message's attributes.
+const IFINFOMSG_LEN: usize = 16;
 
 impl RtnlNow {
     /// A socket in the calling thread's netns.
     pub fn new() -> Result<Self> {
         let socket = netlink_sys::Socket::new(netlink_sys::constants::NETLINK_ROUTE)
             .map_err(|e| CniError::Netlink(format!("socket: {e}")))?;
-        Ok(RtnlNow { socket, seq: 0 })
+        Ok(RtnlNow { socket, seq: 0, answer: Vec::new() })
     }
 
     /// A socket that acts inside `ns` (entered only while the socket is created).
@@ -113,8 +127,8 @@ impl RtnlNow {
         Self::new()
     }
 
-    /// One request and its one answer: a message, or None for the kernel's ack.
-    fn ask(&mut self, message: RouteNetlinkMessage, ack: bool) -> std::io::Result<Option<RouteNetlinkMessage>> {
+    /// One request and its one answer, read in place: the answer's (type, payload), or None for the kernel's ack.
+    fn ask(&mut self, message: RouteNetlinkMessage, ack: bool) -> std::io::Result<Option<(u16, &[u8])>> {
         self.seq += 1;
         let mut request = NetlinkMessage::from(message);
         request.header.flags = NLM_F_REQUEST | if ack { NLM_F_ACK } else { 0 };
@@ -124,31 +138,36 @@ impl RtnlNow {
         request.serialize(&mut buf);
         self.socket.send(&buf, 0)?;
         // Already queued, or something is wrong: never wait.
-        let mut answer = Vec::with_capacity(ANSWER_MAX);
-        let len = self.socket.recv(&mut answer, nix::libc::MSG_DONTWAIT | nix::libc::MSG_TRUNC)?;
+        self.answer.clear();
+        self.answer.reserve(ANSWER_MAX);
+        let len = self.socket.recv(&mut self.answer, nix::libc::MSG_DONTWAIT | nix::libc::MSG_TRUNC)?;
         let unexpected = |what: String| std::io::Error::new(std::io::ErrorKind::InvalidData, what);
-        if len > answer.len() {
+        if len > self.answer.len() {
             return Err(unexpected(format!("an answer of {len} bytes, more than {ANSWER_MAX}")));
         }
-        let reply =
-            NetlinkMessage::<RouteNetlinkMessage>::deserialize(&answer).map_err(|e| unexpected(e.to_string()))?;
-        if reply.header.sequence_number != self.seq {
-            return Err(unexpected(format!("an answer to request {}", reply.header.sequence_number)));
+        let Some(&(kind, _, seq, payload)) = nlraw::messages(&self.answer).first() else {
+            return Err(unexpected("an answer that is not a netlink message".into()));
+        };
+        if seq != self.seq {
+            return Err(unexpected(format!("an answer to request {seq}, not {}", self.seq)));
         }
-        match reply.payload {
-            NetlinkPayload::InnerMessage(m) => Ok(Some(m)),
-            NetlinkPayload::Error(e) if e.code.is_some() => Err(e.to_io()),
-            NetlinkPayload::Error(_) if ack => Ok(None),
-            other => Err(unexpected(format!("unexpected answer {other:?}"))),
+        match (kind, nlraw::errno_of(payload)) {
+            (nlraw::NLMSG_ERROR, 0) if ack => Ok(None),
+            (nlraw::NLMSG_ERROR, 0) => Err(unexpected("an acknowledgement where an answer was due".into())),
+            (nlraw::NLMSG_ERROR, code) => Err(std::io::Error::from_raw_os_error(-code)),
+            _ => Ok(Some((kind, payload))),
         }
     }
 
     fn link(&mut self, request: LinkMessage, what: impl FnOnce() -> String) -> Result<Option<Link>> {
         match self.ask(RouteNetlinkMessage::GetLink(request), false) {
-            Ok(Some(RouteNetlinkMessage::NewLink(m))) => Ok(Some(Link::from_message(&m))),
+            Ok(Some((RTM_NEWLINK, payload))) => match Link::from_raw(payload) {
+                Some(link) => Ok(Some(link)),
+                None => Err(CniError::netlink(what(), "a link message that does not parse")),
+            },
+            Ok(other) => Err(CniError::netlink(what(), format!("an answer of type {:?}", other.map(|(kind, _)| kind)))),
             Err(e) if e.raw_os_error() == Some(ENODEV) => Ok(None),
             Err(e) => Err(CniError::netlink(what(), e)),
-            Ok(other) => Err(CniError::netlink(what(), format!("unexpected answer {other:?}"))),
         }
     }
 
@@ -171,9 +190,9 @@ impl RtnlNow {
         request.attributes.push(LinkAttribute::Group(group));
         match self.ask(RouteNetlinkMessage::SetLink(request), true) {
             Ok(None) => Ok(()),
-            Ok(Some(other)) => Err(CniError::netlink(
+            Ok(Some((kind, _))) => Err(CniError::netlink(
                 format!("setting the group of link {index}"),
-                format!("unexpected answer {other:?}"),
+                format!("an answer of type {kind}"),
             )),
             Err(e) => {
                 let hint = crate::error::privilege_hint(e.raw_os_error(), NODE_NET_ADMIN);
@@ -222,6 +241,30 @@ impl Link {
             }
         }
         link
+    }
+
+    /// A link from an RTM_NEWLINK message's payload (its ifinfomsg, then its attributes), read in place as
+    /// `from_message` reads the parsed message; None when it is too short to be one.
+    fn from_raw(payload: &[u8]) -> Option<Self> {
+        let index = nlraw::u32_of(payload.get(4..8)?)?;
+        let mut link = Link { index, ..Default::default() };
+        for (kind, value) in nlraw::nlas(payload.get(IFINFOMSG_LEN..)?) {
+            match kind {
+                IFLA_ADDRESS => link.mac = value.to_vec(),
+                IFLA_IFNAME => link.name = nlraw::string(value),
+                IFLA_MTU => link.mtu = nlraw::u32_of(value)?,
+                IFLA_MASTER => link.master = Some(nlraw::u32_of(value)?),
+                IFLA_IFALIAS => link.alias = Some(nlraw::string(value)),
+                IFLA_GROUP => link.group = nlraw::u32_of(value)?,
+                IFLA_LINK_NETNSID => link.peer_netns = Some(nlraw::u32_of(value)? as i32),
+                IFLA_LINKINFO => {
+                    let kind = nlraw::nlas(value).find(|(k, _)| *k == IFLA_INFO_KIND);
+                    link.kind = kind.map(|(_, v)| nlraw::string(v)).or(link.kind);
+                }
+                _ => {}
+            }
+        }
+        Some(link)
     }
 
     pub fn mac_string(&self) -> String {
@@ -803,4 +846,36 @@ pub async fn set_permanent_neighbour(handle: &Handle, index: u32, ip: IpAddr, ma
         .execute()
         .await
         .map_err(nl_err(format!("adding neighbour {ip} on link {index}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use netlink_packet_core::Emitable;
+    use netlink_packet_route::link::InfoKind;
+
+    #[test]
+    fn a_link_read_in_place_is_the_link_the_parser_reads() {
+        let mut m = LinkMessage::default();
+        m.header.index = 42;
+        m.attributes = vec![
+            LinkAttribute::IfName("veth0123".into()),
+            LinkAttribute::Address(vec![2, 0, 0, 0, 0, 1]),
+            LinkAttribute::Mtu(1450),
+            LinkAttribute::Group(8),
+            LinkAttribute::IfAlias("cni-chain:ptp:n:c/eth0".into()),
+            LinkAttribute::Controller(7),
+            LinkAttribute::LinkNetNsId(3),
+            LinkAttribute::LinkInfo(vec![LinkInfo::Kind(InfoKind::Veth)]),
+        ];
+        let mut payload = vec![0; m.buffer_len()];
+        m.emit(&mut payload);
+        let raw = Link::from_raw(&payload).expect("parses");
+        assert_eq!(raw, Link::from_message(&m));
+        assert_eq!(
+            (raw.name.as_str(), raw.group, raw.master, raw.kind.as_deref()),
+            ("veth0123", 8, Some(7), Some("veth"))
+        );
+        assert_eq!(Link::from_raw(&payload[..10]), None, "shorter than an ifinfomsg");
+    }
 }

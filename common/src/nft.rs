@@ -2,6 +2,7 @@
 //! batch, and what is there is read back with dumps. No `nft` process, no C library.
 
 use crate::error::{CniError, Result};
+use crate::nlraw::{self, errno_of, nlas, NLMSG_DONE, NLMSG_ERROR};
 use netlink_packet_core::{
     DefaultNla, NetlinkBuffer, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_DUMP,
     NLM_F_DUMP_INTR, NLM_F_NONREC, NLM_F_REQUEST,
@@ -82,7 +83,7 @@ pub fn comment_of(udata: &[u8]) -> Option<String> {
         let (kind, len) = (rest[0], usize::from(rest[1]));
         let value = rest.get(2..2 + len)?;
         if kind == UDATA_COMMENT {
-            return Some(String::from_utf8_lossy(value.strip_suffix(&[0]).unwrap_or(value)).into_owned());
+            return Some(nlraw::string(value));
         }
         rest = &rest[2 + len..];
     }
@@ -700,7 +701,7 @@ impl Nft {
         let mut interrupted = false;
         loop {
             self.read_answer()?;
-            for (kind, flags, msg_seq, payload) in raw_messages(&self.answer) {
+            for (kind, flags, msg_seq, payload) in nlraw::messages(&self.answer) {
                 if msg_seq != seq {
                     continue;
                 }
@@ -884,15 +885,12 @@ impl Nft {
     }
 }
 
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
 const NFT_MSG_NEWSETELEM_TYPE: u16 = (NFNL_SUBSYS_NFTABLES << 8) | 12;
 const NFT_MSG_NEWRULE_TYPE: u16 = (NFNL_SUBSYS_NFTABLES << 8) | 6;
 const NFTA_RULE_CHAIN: u16 = 2;
 const NFTA_RULE_HANDLE: u16 = 3;
 const NFTA_RULE_USERDATA: u16 = 7;
 const NFGENMSG_LEN: usize = 4;
-const NLA_TYPE_MASK: u16 = 0x3fff;
 const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
 const NFTA_LIST_ELEM: u16 = 1;
 const NFTA_SET_ELEM_KEY: u16 = 1;
@@ -901,47 +899,6 @@ const NFTA_SET_ELEM_USERDATA: u16 = 6;
 const NFTA_DATA_VALUE: u16 = 1;
 const NFTA_DATA_VERDICT: u16 = 2;
 const NFTA_VERDICT_CHAIN: u16 = 2;
-
-/// The (negative) errno of an NLMSG_ERROR's payload; 0 for an acknowledgement.
-fn errno_of(payload: &[u8]) -> i32 {
-    payload.get(..4).map_or(0, |c| i32::from_ne_bytes([c[0], c[1], c[2], c[3]]))
-}
-
-/// The netlink messages in a buffer as (type, flags, sequence number, payload).
-fn raw_messages(buf: &[u8]) -> Vec<(u16, u16, u32, &[u8])> {
-    let mut out = Vec::new();
-    let mut off = 0;
-    while off + 16 <= buf.len() {
-        let len = u32::from_ne_bytes([buf[off], buf[off + 1], buf[off + 2], buf[off + 3]]) as usize;
-        if len < 16 || off + len > buf.len() {
-            break;
-        }
-        let kind = u16::from_ne_bytes([buf[off + 4], buf[off + 5]]);
-        let flags = u16::from_ne_bytes([buf[off + 6], buf[off + 7]]);
-        let seq = u32::from_ne_bytes([buf[off + 8], buf[off + 9], buf[off + 10], buf[off + 11]]);
-        out.push((kind, flags, seq, &buf[off + 16..off + len]));
-        off += (len + 3) & !3;
-    }
-    out
-}
-
-/// The attributes in `buf` as (type without flags, value).
-fn nlas(buf: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
-    let mut off = 0;
-    std::iter::from_fn(move || {
-        if off + 4 > buf.len() {
-            return None;
-        }
-        let len = usize::from(u16::from_ne_bytes([buf[off], buf[off + 1]]));
-        let kind = u16::from_ne_bytes([buf[off + 2], buf[off + 3]]) & NLA_TYPE_MASK;
-        if len < 4 || off + len > buf.len() {
-            return None;
-        }
-        let value = &buf[off + 4..off + len];
-        off += (len + 3) & !3;
-        Some((kind, value))
-    })
-}
 
 /// The elements of one NEWSETELEM message (after its netlink header).
 fn raw_set_elements(payload: &[u8]) -> Vec<Element> {
@@ -969,7 +926,7 @@ fn raw_element(attrs: &[u8]) -> Option<Element> {
                     .filter(|(k, _)| *k == NFTA_DATA_VERDICT)
                     .flat_map(|(_, verdict)| nlas(verdict))
                     .find(|(k, _)| *k == NFTA_VERDICT_CHAIN)
-                    .map(|(_, chain)| String::from_utf8_lossy(chain.strip_suffix(&[0]).unwrap_or(chain)).into_owned())
+                    .map(|(_, chain)| nlraw::string(chain))
             }
             NFTA_SET_ELEM_USERDATA => comment = comment_of(value),
             _ => {}
@@ -1057,7 +1014,7 @@ mod tests {
         msg.finalize();
         let mut buf = vec![0; msg.buffer_len()];
         msg.serialize(&mut buf);
-        let messages = raw_messages(&buf);
+        let messages = nlraw::messages(&buf);
         assert_eq!(messages.len(), 1);
         assert_eq!(messages[0].2, 9);
         assert_eq!(raw_set_elements(messages[0].3), elements);
