@@ -783,31 +783,14 @@ impl Nft {
         Ok(self.set_sizes(table)?.into_iter().map(|(name, _)| name).collect())
     }
 
-    /// The sets and maps in `table` with their size, if they have one.
+    /// The sets and maps in `table` with their size, if they have one, read from the raw answer (as `rules`).
     pub fn set_sizes(&mut self, table: &str) -> Result<Vec<(String, Option<u32>)>> {
-        let attrs = vec![SetAttribute::Table(table.into())];
-        let dumped = self.dump(NfTablesMessage::GetSet(SetMessage { attributes: attrs }))?;
+        let request = NfTablesMessage::GetSet(SetMessage { attributes: vec![SetAttribute::Table(table.into())] });
         let mut out = Vec::new();
-        for m in dumped {
-            let NfTablesMessage::NewSet(set) = m else { continue };
-            let (mut in_table, mut name, mut size) = (false, None, None);
-            for a in set.attributes {
-                match a {
-                    SetAttribute::Table(t) => in_table = t == table,
-                    SetAttribute::Name(n) => name = Some(n),
-                    SetAttribute::Description(desc) => {
-                        size = desc.into_iter().find_map(|d| match d {
-                            SetDescription::Size(n) if n > 0 => Some(n),
-                            _ => None,
-                        })
-                    }
-                    _ => {}
-                }
-            }
-            if let (true, Some(name)) = (in_table, name) {
-                out.push((name, size));
-            }
-        }
+        self.request_raw(request, NLM_F_DUMP, "reading sets", |kind, payload| {
+            out.extend((kind == NFT_MSG_NEWSET_TYPE).then(|| raw_set(payload, table)).flatten());
+            true
+        })?;
         Ok(out)
     }
 
@@ -886,6 +869,11 @@ impl Nft {
 }
 
 const NFT_MSG_NEWSETELEM_TYPE: u16 = (NFNL_SUBSYS_NFTABLES << 8) | 12;
+const NFT_MSG_NEWSET_TYPE: u16 = (NFNL_SUBSYS_NFTABLES << 8) | 9;
+const NFTA_SET_TABLE: u16 = 1;
+const NFTA_SET_NAME: u16 = 2;
+const NFTA_SET_DESC: u16 = 9;
+const NFTA_SET_DESC_SIZE: u16 = 1;
 const NFT_MSG_NEWRULE_TYPE: u16 = (NFNL_SUBSYS_NFTABLES << 8) | 6;
 const NFTA_RULE_CHAIN: u16 = 2;
 const NFTA_RULE_HANDLE: u16 = 3;
@@ -899,6 +887,23 @@ const NFTA_SET_ELEM_USERDATA: u16 = 6;
 const NFTA_DATA_VALUE: u16 = 1;
 const NFTA_DATA_VERDICT: u16 = 2;
 const NFTA_VERDICT_CHAIN: u16 = 2;
+
+/// One NEWSET message's set (after its netlink header) as (name, size if it has one), if it is in `table`.
+fn raw_set(payload: &[u8], table: &str) -> Option<(String, Option<u32>)> {
+    let (mut in_table, mut name, mut size) = (false, None, None);
+    for (kind, value) in nlas(payload.get(NFGENMSG_LEN..)?) {
+        match kind {
+            NFTA_SET_TABLE => in_table = value.strip_suffix(&[0]).unwrap_or(value) == table.as_bytes(),
+            NFTA_SET_NAME => name = Some(nlraw::string(value)),
+            NFTA_SET_DESC => {
+                let sized = nlas(value).find(|(k, _)| *k == NFTA_SET_DESC_SIZE);
+                size = sized.and_then(|(_, v)| v.try_into().ok()).map(u32::from_be_bytes).filter(|&n| n > 0);
+            }
+            _ => {}
+        }
+    }
+    Some((name.filter(|_| in_table)?, size))
+}
 
 /// The elements of one NEWSETELEM message (after its netlink header).
 fn raw_set_elements(payload: &[u8]) -> Vec<Element> {
@@ -1007,18 +1012,29 @@ mod tests {
         ];
         let mut batch = Batch::new();
         batch.add_elements("t", "s", &elements);
+        assert_eq!(raw_set_elements(&payload_of(&batch)), elements);
+        assert!(raw_set_elements(&[1, 2]).is_empty(), "a short payload reads as no element");
+    }
+
+    /// The payload (after the netlink header) of the batch's first message, as the kernel would echo it.
+    fn payload_of(batch: &Batch) -> Vec<u8> {
         let inner: NetfilterMessageInner = batch.msgs[0].0.clone().into();
         let mut msg =
             NetlinkMessage::from(NetfilterMessage::new(NetfilterHeader::new(NetfilterProtoFamily::Inet, 0, 0), inner));
-        msg.header.sequence_number = 9;
         msg.finalize();
         let mut buf = vec![0; msg.buffer_len()];
         msg.serialize(&mut buf);
-        let messages = nlraw::messages(&buf);
-        assert_eq!(messages.len(), 1);
-        assert_eq!(messages[0].2, 9);
-        assert_eq!(raw_set_elements(messages[0].3), elements);
-        assert!(raw_set_elements(&[1, 2]).is_empty(), "a short payload reads as no element");
+        buf[16..].to_vec()
+    }
+
+    #[test]
+    fn the_raw_set_reader_reads_what_the_crate_writes() {
+        let mut batch = Batch::new();
+        batch.add_set("t", "pods_v4", false);
+        let payload = payload_of(&batch);
+        assert_eq!(raw_set(&payload, "t"), Some(("pods_v4".into(), Some(SET_SIZE))));
+        assert_eq!(raw_set(&payload, "other"), None, "a set of another table");
+        assert_eq!(raw_set(&[1, 2], "t"), None, "a short payload");
     }
 
     #[test]
