@@ -202,7 +202,13 @@ pub fn remove_group_members(nft: &mut Nft, table: &str, drop: impl Fn(&str) -> b
     for (set, elements) in &sets {
         removed += remove_tagged(nft, table, set, elements.clone(), &drop)?;
     }
-    let mut chains: Vec<&str> = sets.iter().filter_map(|(s, _)| group_chain_of_set(s)).collect();
+    prune_group_rules(nft, table, sets.iter().filter_map(|(s, _)| group_chain_of_set(s)))?;
+    Ok(removed)
+}
+
+/// After members left these group rules: each one left without members goes, and the table once empty.
+fn prune_group_rules<'a>(nft: &mut Nft, table: &str, chains: impl Iterator<Item = &'a str>) -> Result<()> {
+    let mut chains: Vec<&str> = chains.collect();
     chains.sort_unstable();
     chains.dedup();
     let mut pruned = false;
@@ -212,7 +218,7 @@ pub fn remove_group_members(nft: &mut Nft, table: &str, drop: impl Fn(&str) -> b
     if pruned {
         delete_table_if_empty(nft, table);
     }
-    Ok(removed)
+    Ok(())
 }
 
 /// DEL when the attachment's addresses are known (its prevResult): its memberships are looked up by address
@@ -239,16 +245,7 @@ pub fn remove_group_addresses(nft: &mut Nft, table: &str, tag: &str, ips: &[IpAd
         }
         chains.extend(group_chain_of_set(&set).map(String::from));
     }
-    chains.sort_unstable();
-    chains.dedup();
-    let mut pruned = false;
-    for chain in &chains {
-        pruned |= remove_group_rule_if_unused(nft, table, chain)?;
-    }
-    if pruned {
-        delete_table_if_empty(nft, table);
-    }
-    Ok(())
+    prune_group_rules(nft, table, chains.iter().map(String::as_str))
 }
 
 /// Remove a group rule (its chain and member sets) if it has no members; whether a removal was tried.
