@@ -2,7 +2,8 @@
 //!
 //! One tokio `current_thread` runtime per process drives every socket; a socket acts in the netns of
 //! the thread that opened it, so `connect_in` enters the target netns only for the `socket()` call
-//! and all later requests run from the plugin's own thread and netns.
+//! and all later requests run from the plugin's own thread and netns. `RtnlNow` is the exception: a
+//! blocking socket for the plugin that only looks up links and sets their group (linkgroup).
 
 use crate::error::{CniError, Result};
 use crate::netns::Netns;
@@ -17,7 +18,7 @@ use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteHeader, Rou
 use netlink_packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 pub use rtnetlink::Handle;
-use rtnetlink::{LinkGetRequest, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
+use rtnetlink::{LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
 use std::future::Future;
 use std::net::IpAddr;
 use std::os::fd::AsRawFd;
@@ -308,12 +309,8 @@ async fn dump(handle: &Handle, request: RouteNetlinkMessage) -> Result<Vec<Route
     Err(CniError::TryAgainLater("netlink dump kept being interrupted by concurrent changes".into()))
 }
 
-fn get_link(handle: &Handle) -> LinkGetRequest {
-    handle.link().get()
-}
-
 pub async fn link_by_name(handle: &Handle, name: &str) -> Result<Option<Link>> {
-    let mut stream = get_link(handle).match_name(name.to_string()).execute();
+    let mut stream = handle.link().get().match_name(name.to_string()).execute();
     match stream.next().await {
         Some(Ok(m)) => Ok(Some(Link::from_message(&m))),
         Some(Err(e)) if is_gone(&e) => Ok(None),
@@ -323,7 +320,7 @@ pub async fn link_by_name(handle: &Handle, name: &str) -> Result<Option<Link>> {
 }
 
 pub async fn link_by_index(handle: &Handle, index: u32) -> Result<Option<Link>> {
-    let mut stream = get_link(handle).match_index(index).execute();
+    let mut stream = handle.link().get().match_index(index).execute();
     match stream.next().await {
         Some(Ok(m)) => Ok(Some(Link::from_message(&m))),
         Some(Err(e)) if is_gone(&e) => Ok(None),
