@@ -265,6 +265,12 @@ impl Subject for Chain {
     }
 }
 
+/// The floor's executable: `CNI_CHAIN_FLOOR` when set (`make bench`: a static musl build at a fixed address, as
+/// our plugins are released, so that the floor is not slower to start than they are), else the one beside this one.
+fn floor_bin() -> PathBuf {
+    std::env::var_os("CNI_CHAIN_FLOOR").map_or_else(|| bench_bin("cni-chain-floor"), PathBuf::from)
+}
+
 /// The floor: cni-chain-floor does ADD's and DEL's kernel work in one process.
 #[derive(Default)]
 pub struct Floor {
@@ -281,14 +287,14 @@ impl Subject for Floor {
         let host = format!("floor{n}");
         let cidr = format!("10.61.{}.{}/16", n / 250, n % 250 + 2);
         let args = ["add", pod.path(), &host, &cidr, "10.61.0.1"];
-        let run = exec::run(node, &bench_bin("cni-chain-floor"), &args, &[], b"", false);
+        let run = exec::run(node, &floor_bin(), &args, &[], b"", false);
         assert!(run.status.success(), "cni-chain-floor {args:?} failed");
         (run.elapsed, Added::HostIfname(host))
     }
 
     fn del(&self, node: &Netns, _id: &str, _pod: &PodNetns, added: &Added) -> Duration {
         let Added::HostIfname(host) = added else { unreachable!("the floor's ADD gives its veth") };
-        let run = exec::run(node, &bench_bin("cni-chain-floor"), &["del", host], &[], b"", false);
+        let run = exec::run(node, &floor_bin(), &["del", host], &[], b"", false);
         assert!(run.status.success(), "cni-chain-floor del {host} failed");
         run.elapsed
     }
