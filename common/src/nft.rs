@@ -764,7 +764,7 @@ impl Nft {
             let (mut info, mut in_chain) = (RuleInfo { handle: 0, comment: None }, false);
             for (attr, value) in nlas(payload.get(NFGENMSG_LEN..).unwrap_or_default()) {
                 match attr {
-                    NFTA_RULE_CHAIN => in_chain = value.strip_suffix(&[0]).unwrap_or(value) == chain.as_bytes(),
+                    NFTA_RULE_CHAIN => in_chain = nlraw::unterminated(value) == chain.as_bytes(),
                     NFTA_RULE_HANDLE => info.handle = value.try_into().map_or(0, u64::from_be_bytes),
                     NFTA_RULE_USERDATA => info.comment = comment_of(value),
                     _ => {}
@@ -893,7 +893,7 @@ fn raw_set(payload: &[u8], table: &str) -> Option<(String, Option<u32>)> {
     let (mut in_table, mut name, mut size) = (false, None, None);
     for (kind, value) in nlas(payload.get(NFGENMSG_LEN..)?) {
         match kind {
-            NFTA_SET_TABLE => in_table = value.strip_suffix(&[0]).unwrap_or(value) == table.as_bytes(),
+            NFTA_SET_TABLE => in_table = nlraw::unterminated(value) == table.as_bytes(),
             NFTA_SET_NAME => name = Some(nlraw::string(value)),
             NFTA_SET_DESC => {
                 let sized = nlas(value).find(|(k, _)| *k == NFTA_SET_DESC_SIZE);

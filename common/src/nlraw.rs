@@ -47,9 +47,14 @@ pub fn nlas(buf: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
     })
 }
 
+/// A string attribute's bytes, without its terminating NUL (to compare with a name without making a String).
+pub fn unterminated(value: &[u8]) -> &[u8] {
+    value.strip_suffix(&[0]).unwrap_or(value)
+}
+
 /// A string attribute's value, without its terminating NUL.
 pub fn string(value: &[u8]) -> String {
-    String::from_utf8_lossy(value.strip_suffix(&[0]).unwrap_or(value)).into_owned()
+    String::from_utf8_lossy(unterminated(value)).into_owned()
 }
 
 /// A u32 attribute's value (native byte order); None when it is too short.
