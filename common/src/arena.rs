@@ -11,11 +11,13 @@ use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 /// Address space only: the kernel gives a page of it when it is first touched.
 const SIZE: usize = 8 << 20;
 
-#[repr(C, align(4096))]
+/// `top` comes first so that it shares a page with the heap's first blocks: placed after the region, it
+/// was a page of its own, read then written (two page faults) by the first allocation.
+#[repr(C)]
 pub struct Arena {
-    heap: UnsafeCell<[u8; SIZE]>,
     /// Offset of the first free byte in `heap`.
     top: AtomicUsize,
+    heap: UnsafeCell<[u8; SIZE]>,
 }
 
 // SAFETY: `heap` is only handed out in disjoint blocks, each claimed by a compare-and-swap of `top`.
@@ -29,7 +31,7 @@ impl Default for Arena {
 
 impl Arena {
     pub const fn new() -> Self {
-        Arena { heap: UnsafeCell::new([0; SIZE]), top: AtomicUsize::new(0) }
+        Arena { top: AtomicUsize::new(0), heap: UnsafeCell::new([0; SIZE]) }
     }
 
     fn base(&self) -> usize {

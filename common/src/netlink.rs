@@ -12,7 +12,7 @@ use futures::StreamExt;
 use ipnetwork::IpNetwork;
 use netlink_packet_core::{NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_REQUEST};
 use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage};
-use netlink_packet_route::link::{InfoData, InfoVeth, LinkAttribute, LinkInfo, LinkMessage};
+use netlink_packet_route::link::{InfoData, InfoVeth, LinkAttribute, LinkExtentMask, LinkInfo, LinkMessage};
 use netlink_packet_route::neighbour::{NeighbourFlags, NeighbourState};
 use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope};
 use netlink_packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
@@ -102,6 +102,12 @@ pub struct RtnlNow {
 /// Larger than any link's answer; only the pages the kernel writes into are touched.
 const ANSWER_MAX: usize = 32 << 10;
 const RTM_NEWLINK: u16 = 16;
+const RTM_GETLINK: u16 = 18;
+const RTM_SETLINK: u16 = 19;
+/// Asked with every single-link lookup (RtnlNow's and the async ones): we read no counters, and without it the
+/// kernel folds every CPU's IPv4 and IPv6 counters into the answer (a quarter of a veth's), work that grows with CPUs.
+const RTEXT_FILTER_SKIP_STATS: u32 = 1 << 3;
+const IFLA_EXT_MASK: u16 = 29;
 const IFLA_ADDRESS: u16 = 1;
 const IFLA_IFNAME: u16 = 3;
 const IFLA_MTU: u16 = 4;
@@ -113,6 +119,14 @@ const IFLA_LINK_NETNSID: u16 = 37;
 const IFLA_INFO_KIND: u16 = 1;
 /// struct ifinfomsg, before a link message's attributes.
 const IFINFOMSG_LEN: usize = 16;
+
+/// A request about link `index` (0: the one an IFLA_IFNAME attribute names), any family.
+fn link_request(kind: u16, flags: u16, seq: u32, index: u32, attributes: &[(u16, &[u8])]) -> Vec<u8> {
+    let mut ifinfomsg = [0; IFINFOMSG_LEN];
+    ifinfomsg[4..8].copy_from_slice(&index.to_ne_bytes());
+    let request = nlraw::Request::new(kind, flags, seq, &ifinfomsg);
+    attributes.iter().fold(request, |r, (kind, value)| r.attribute(*kind, value)).bytes()
+}
 
 impl RtnlNow {
     /// A socket in the calling thread's netns.
@@ -128,16 +142,14 @@ impl RtnlNow {
         Self::new()
     }
 
-    /// One request and its one answer, read in place: the answer's (type, payload), or None for the kernel's ack.
-    fn ask(&mut self, message: RouteNetlinkMessage, ack: bool) -> std::io::Result<Option<(u16, &[u8])>> {
+    /// One request about a link (`index` 0: the one named in `attributes`) and its one answer, read in place: the
+    /// answer's (type, payload), or None for the kernel's ack.
+    fn ask(&mut self, kind: u16, index: u32, attributes: &[(u16, &[u8])]) -> std::io::Result<Option<(u16, &[u8])>> {
         self.seq += 1;
-        let mut request = NetlinkMessage::from(message);
-        request.header.flags = NLM_F_REQUEST | if ack { NLM_F_ACK } else { 0 };
-        request.header.sequence_number = self.seq;
-        request.finalize();
-        let mut buf = vec![0; request.buffer_len()];
-        request.serialize(&mut buf);
-        self.socket.send(&buf, 0)?;
+        // A change is acknowledged; a question is answered.
+        let ack = kind != RTM_GETLINK;
+        let flags = NLM_F_REQUEST | if ack { NLM_F_ACK } else { 0 };
+        self.socket.send(&link_request(kind, flags, self.seq, index, attributes), 0)?;
         // Already queued, or something is wrong: never wait.
         self.answer.clear();
         self.answer.reserve(ANSWER_MAX);
@@ -160,8 +172,13 @@ impl RtnlNow {
         }
     }
 
-    fn link(&mut self, request: LinkMessage, what: impl FnOnce() -> String) -> Result<Option<Link>> {
-        match self.ask(RouteNetlinkMessage::GetLink(request), false) {
+    /// A link by index, or (index 0) by the name in `name`; counters are not asked for (`SKIP_STATS`).
+    fn link(&mut self, index: u32, name: Option<&str>, what: impl FnOnce() -> String) -> Result<Option<Link>> {
+        let name = name.map(|n| [n.as_bytes(), &[0]].concat());
+        let skip_stats = RTEXT_FILTER_SKIP_STATS.to_ne_bytes();
+        let mut attributes: Vec<(u16, &[u8])> = vec![(IFLA_EXT_MASK, &skip_stats)];
+        attributes.extend(name.as_deref().map(|n| (IFLA_IFNAME, n)));
+        match self.ask(RTM_GETLINK, index, &attributes) {
             Ok(Some((RTM_NEWLINK, payload))) => match Link::from_raw(payload) {
                 Some(link) => Ok(Some(link)),
                 None => Err(CniError::netlink(what(), "a link message that does not parse")),
@@ -173,23 +190,16 @@ impl RtnlNow {
     }
 
     pub fn link_by_name(&mut self, name: &str) -> Result<Option<Link>> {
-        let mut request = LinkMessage::default();
-        request.attributes.push(LinkAttribute::IfName(name.to_string()));
-        self.link(request, || format!("looking up link {name}"))
+        self.link(0, Some(name), || format!("looking up link {name}"))
     }
 
     pub fn link_by_index(&mut self, index: u32) -> Result<Option<Link>> {
-        let mut request = LinkMessage::default();
-        request.header.index = index;
-        self.link(request, || format!("looking up link {index}"))
+        self.link(index, None, || format!("looking up link {index}"))
     }
 
     pub fn set_link_group(&mut self, index: u32, group: u32) -> Result<()> {
         log::debug!("setting link {index}: group {group}");
-        let mut request = LinkMessage::default();
-        request.header.index = index;
-        request.attributes.push(LinkAttribute::Group(group));
-        match self.ask(RouteNetlinkMessage::SetLink(request), true) {
+        match self.ask(RTM_SETLINK, index, &[(IFLA_GROUP, &group.to_ne_bytes())]) {
             Ok(None) => Ok(()),
             Ok(Some((kind, _))) => Err(CniError::netlink(
                 format!("setting the group of link {index}"),
@@ -310,7 +320,8 @@ async fn dump(handle: &Handle, request: RouteNetlinkMessage) -> Result<Vec<Route
 }
 
 pub async fn link_by_name(handle: &Handle, name: &str) -> Result<Option<Link>> {
-    let mut stream = handle.link().get().match_name(name.to_string()).execute();
+    let request = handle.link().get().match_name(name.to_string());
+    let mut stream = request.set_filter_mask(AddressFamily::Unspec, vec![LinkExtentMask::SkipStats]).execute();
     match stream.next().await {
         Some(Ok(m)) => Ok(Some(Link::from_message(&m))),
         Some(Err(e)) if is_gone(&e) => Ok(None),
@@ -320,7 +331,8 @@ pub async fn link_by_name(handle: &Handle, name: &str) -> Result<Option<Link>> {
 }
 
 pub async fn link_by_index(handle: &Handle, index: u32) -> Result<Option<Link>> {
-    let mut stream = handle.link().get().match_index(index).execute();
+    let request = handle.link().get().match_index(index);
+    let mut stream = request.set_filter_mask(AddressFamily::Unspec, vec![LinkExtentMask::SkipStats]).execute();
     match stream.next().await {
         Some(Ok(m)) => Ok(Some(Link::from_message(&m))),
         Some(Err(e)) if is_gone(&e) => Ok(None),
@@ -874,5 +886,40 @@ mod tests {
             ("veth0123", 8, Some(7), Some("veth"))
         );
         assert_eq!(Link::from_raw(&payload[..10]), None, "shorter than an ifinfomsg");
+    }
+
+    #[test]
+    fn link_requests_written_in_place_are_the_ones_the_crate_writes() {
+        let crate_writes = |message: RouteNetlinkMessage, flags: u16, seq: u32| {
+            let mut request = NetlinkMessage::from(message);
+            (request.header.flags, request.header.sequence_number) = (flags, seq);
+            request.finalize();
+            let mut buf = vec![0; request.buffer_len()];
+            request.serialize(&mut buf);
+            buf
+        };
+        let skip_stats = LinkAttribute::ExtMask(vec![LinkExtentMask::SkipStats]);
+        let mask = RTEXT_FILTER_SKIP_STATS.to_ne_bytes();
+        let mut by_name = LinkMessage::default();
+        by_name.attributes = vec![skip_stats.clone(), LinkAttribute::IfName("veth0123".into())];
+        assert_eq!(
+            link_request(RTM_GETLINK, NLM_F_REQUEST, 1, 0, &[(IFLA_EXT_MASK, &mask), (IFLA_IFNAME, b"veth0123\0")]),
+            crate_writes(RouteNetlinkMessage::GetLink(by_name), NLM_F_REQUEST, 1)
+        );
+        let mut by_index = LinkMessage::default();
+        by_index.header.index = 7;
+        by_index.attributes = vec![skip_stats];
+        assert_eq!(
+            link_request(RTM_GETLINK, NLM_F_REQUEST, 2, 7, &[(IFLA_EXT_MASK, &mask)]),
+            crate_writes(RouteNetlinkMessage::GetLink(by_index), NLM_F_REQUEST, 2)
+        );
+        let mut group = LinkMessage::default();
+        group.header.index = 7;
+        group.attributes = vec![LinkAttribute::Group(8)];
+        let flags = NLM_F_REQUEST | NLM_F_ACK;
+        assert_eq!(
+            link_request(RTM_SETLINK, flags, 3, 7, &[(IFLA_GROUP, &8u32.to_ne_bytes())]),
+            crate_writes(RouteNetlinkMessage::SetLink(group), flags, 3)
+        );
     }
 }

@@ -1,6 +1,7 @@
 //! Netlink answers read in place: messages and attributes as byte slices, for the answers we read most (rules,
 //! set elements, a link). The netlink crates' parsers build every attribute (and format error contexts) first,
-//! which was most of what a plugin that only asks spent in user space.
+//! which was most of what a plugin that only asks spent in user space. And a few small requests written in place
+//! (`Request`): the crates' writers link in the code for every message and attribute they know.
 
 pub const NLMSG_ERROR: u16 = 2;
 pub const NLMSG_DONE: u16 = 3;
@@ -60,6 +61,45 @@ pub fn string(value: &[u8]) -> String {
 /// A u32 attribute's value (native byte order); None when it is too short.
 pub fn u32_of(value: &[u8]) -> Option<u32> {
     Some(u32::from_ne_bytes(value.get(..4)?.try_into().ok()?))
+}
+
+/// A netlink request: its header, the family's fixed header (`ifinfomsg` for a link), then attributes, each
+/// padded to 4 bytes as the kernel reads them.
+pub struct Request(Vec<u8>);
+
+impl Request {
+    pub fn new(kind: u16, flags: u16, seq: u32, fixed: &[u8]) -> Self {
+        let mut buf = Vec::with_capacity(64);
+        buf.extend_from_slice(&0u32.to_ne_bytes()); // the length, set by `bytes`
+        buf.extend_from_slice(&kind.to_ne_bytes());
+        buf.extend_from_slice(&flags.to_ne_bytes());
+        buf.extend_from_slice(&seq.to_ne_bytes());
+        buf.extend_from_slice(&0u32.to_ne_bytes()); // port id: the kernel's
+        let mut request = Request(buf);
+        request.append_padded(fixed);
+        request
+    }
+
+    pub fn attribute(mut self, kind: u16, value: &[u8]) -> Self {
+        // Longer than an attribute can be (a hostile interface name): a length the kernel refuses, not a panic.
+        let len = u16::try_from(4 + value.len()).unwrap_or(u16::MAX);
+        self.0.extend_from_slice(&len.to_ne_bytes());
+        self.0.extend_from_slice(&kind.to_ne_bytes());
+        self.append_padded(value);
+        self
+    }
+
+    fn append_padded(&mut self, bytes: &[u8]) {
+        self.0.extend_from_slice(bytes);
+        self.0.resize((self.0.len() + 3) & !3, 0);
+    }
+
+    /// The message, its length in place.
+    pub fn bytes(mut self) -> Vec<u8> {
+        let len = u32::try_from(self.0.len()).unwrap_or(u32::MAX);
+        self.0[..4].copy_from_slice(&len.to_ne_bytes());
+        self.0
+    }
 }
 
 #[cfg(test)]
