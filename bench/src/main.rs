@@ -6,10 +6,13 @@
 //! Writes RESULTS.md and results.json into the output directory; bench/plot.py draws growth.png from the JSON.
 //!
 //!     cni-chain-bench [--quick] [--levels 1,100,500,1000] [--out DIR]
+//!     cni-chain-bench --hot-text MAPS_DIR --out SCRIPT      (make hot-text: see hot_text.rs)
 
 mod exec;
 mod footprint;
 mod growth;
+#[cfg(target_arch = "x86_64")]
+mod hot_text;
 mod latency;
 mod pod;
 mod report;
@@ -46,6 +49,11 @@ fn options() -> Options {
 fn main() {
     let opts = options();
     let _pod_mounts = pod::PodMounts::new();
+    let args: Vec<String> = std::env::args().collect();
+    #[cfg(target_arch = "x86_64")]
+    if let Some(maps) = args.iter().position(|a| a == "--hot-text").and_then(|i| args.get(i + 1)) {
+        return hot_text::run(std::path::Path::new(maps), &opts.out);
+    }
     let (ours_ptp, ours_ptp_masq, ours_chain) = (Chain::ours_ptp(), Chain::ours_ptp_masq(), Chain::ours_chain());
     let (ref_masq, ref_plain) = (Chain::reference_ptp(true), Chain::reference_ptp(false));
     let (ours_portmap, ref_portmap) = (Chain::ours_with_portmap(), Chain::reference_with_portmap());
