@@ -4,8 +4,8 @@
 //!
 //! Why: a plugin lives a millisecond, and the kernel maps its code 16 pages (64 KiB) around each page it first
 //! touches, one page at a time when the file's page cache is in small pages (a binary as the linker wrote it, or as
-//! read back from disk), then unmaps them all at exit. Spread over the whole binary, linkgroup's ADD touched 8 of
-//! its 9 windows of code for 76 pages of it; side by side, 43 pages in 4 windows.
+//! read back from disk), then unmaps them all at exit. Spread over the whole binary, linkgroup's ADD run again
+//! touched 76 pages of code in 8 of its 9 windows; side by side, 39 pages in 3 windows.
 //!
 //! How: each call is run under ptrace one instruction at a time, and each address is looked up in the linker's map
 //! of the same build (`-Wl,-Map`) to find the input section (one function each, rustc's function sections) it is in.

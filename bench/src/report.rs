@@ -191,7 +191,8 @@ impl Report<'_> {
             );
         }
         let _ = writeln!(md, "\n## Growth with live pods\n");
-        let _ = writeln!(md, "One more pod's ADD and DEL (medians, ms) on a node that already has N live pods, and the nftables rules there. The floor shows what the kernel's own work does as pods accumulate.\n");
+        let n = self.growth.first().and_then(|(_, _, levels)| levels.first()).map_or(0, |l| l.add.0.len());
+        let _ = writeln!(md, "One more pod's ADD and DEL (medians of {n}, ms) on a node that already has N live pods, and the nftables rules there. The floor shows what the kernel's own work does as pods accumulate.\n");
         let mut header = String::from("| live pods |");
         let mut rule = String::from("|---|");
         for (_, label, _) in &self.growth {
