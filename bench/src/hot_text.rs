@@ -204,6 +204,7 @@ fn map_of(maps: &Path, plugin: &str) -> Vec<InputSection> {
 /// Traces the calls whose speed matters most first (an ADD run again, which changes nothing; then the first ADD of
 /// each plugin of the chain, its DEL, and every plugin's VERSION) and writes the linker script to `out`.
 pub fn run(maps: &Path, out: &Path) {
+    assert!(maps.is_dir(), "{} is not a directory of linker maps (make hot-text writes them)", maps.display());
     let node = Netns::new();
     let (chain, pod, id) = (Chain::ours_chain(), PodNetns::new(), "hot-text");
     let binaries: Vec<PathBuf> = chain.binaries().cloned().collect();

@@ -51,10 +51,9 @@ fn options() -> Options {
 fn main() {
     let opts = options();
     let _pod_mounts = pod::PodMounts::new();
-    let args: Vec<String> = std::env::args().collect();
     #[cfg(target_arch = "x86_64")]
-    if let Some(maps) = args.iter().position(|a| a == "--hot-text").and_then(|i| args.get(i + 1)) {
-        return hot_text::run(std::path::Path::new(maps), &opts.out);
+    if let Some(maps) = std::env::args().skip_while(|a| a != "--hot-text").nth(1) {
+        return hot_text::run(std::path::Path::new(&maps), &opts.out);
     }
     let (ours_ptp, ours_ptp_masq, ours_chain) = (Chain::ours_ptp(), Chain::ours_ptp_masq(), Chain::ours_chain());
     let (ref_masq, ref_plain) = (Chain::reference_ptp(true), Chain::reference_ptp(false));
