@@ -234,7 +234,7 @@ pub fn run(maps: &Path, out: &Path) {
     let (mut patterns, mut seen) = (Vec::new(), HashSet::new());
     for (plugin, addresses) in &calls {
         sections_run(&map_of(maps, plugin), addresses, &mut patterns, &mut seen);
-        eprintln!("{plugin}: {} instructions, {} sections so far", addresses.len(), patterns.len());
+        eprintln!("{plugin}: {} distinct instructions, {} sections so far", addresses.len(), patterns.len());
     }
     let mut script = String::from(
         "/* Written by `make hot-text` (bench/src/hot_text.rs); do not edit. The code our plugins run on an ADD run\n   \

@@ -18,7 +18,7 @@ use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteHeader, Rou
 use netlink_packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 pub use rtnetlink::Handle;
-use rtnetlink::{LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
+use rtnetlink::{LinkGetRequest, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
 use std::future::Future;
 use std::net::IpAddr;
 use std::os::fd::AsRawFd;
@@ -320,23 +320,20 @@ async fn dump(handle: &Handle, request: RouteNetlinkMessage) -> Result<Vec<Route
 }
 
 pub async fn link_by_name(handle: &Handle, name: &str) -> Result<Option<Link>> {
-    let request = handle.link().get().match_name(name.to_string());
-    let mut stream = request.set_filter_mask(AddressFamily::Unspec, vec![LinkExtentMask::SkipStats]).execute();
-    match stream.next().await {
-        Some(Ok(m)) => Ok(Some(Link::from_message(&m))),
-        Some(Err(e)) if is_gone(&e) => Ok(None),
-        Some(Err(e)) => Err(nl_err(format!("looking up link {name}"))(e)),
-        None => Ok(None),
-    }
+    one_link(handle.link().get().match_name(name.to_string()), || format!("looking up link {name}")).await
 }
 
 pub async fn link_by_index(handle: &Handle, index: u32) -> Result<Option<Link>> {
-    let request = handle.link().get().match_index(index);
+    one_link(handle.link().get().match_index(index), || format!("looking up link {index}")).await
+}
+
+/// The one link `request` names, asked without counters as `RtnlNow` asks; None when there is no such link.
+async fn one_link(request: LinkGetRequest, what: impl FnOnce() -> String) -> Result<Option<Link>> {
     let mut stream = request.set_filter_mask(AddressFamily::Unspec, vec![LinkExtentMask::SkipStats]).execute();
     match stream.next().await {
         Some(Ok(m)) => Ok(Some(Link::from_message(&m))),
         Some(Err(e)) if is_gone(&e) => Ok(None),
-        Some(Err(e)) => Err(nl_err(format!("looking up link {index}"))(e)),
+        Some(Err(e)) => Err(nl_err(what())(e)),
         None => Ok(None),
     }
 }
