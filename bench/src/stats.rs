@@ -1,5 +1,7 @@
 //! Medians and percentiles of samples in milliseconds.
 
+use rand::rngs::SmallRng;
+use rand::{RngExt, SeedableRng};
 use serde_json::{json, Value};
 use std::time::Duration;
 
@@ -36,6 +38,30 @@ impl Samples {
     }
 }
 
+/// How often `resampled_interval` draws the series again.
+const RESAMPLINGS: usize = 2000;
+
+/// A 95% interval for `statistic` of `series`: its 2.5th and 97.5th percentiles over series drawn again from
+/// their own samples, with replacement (a percentile bootstrap), i.e. where it would fall in another run like
+/// this one. The draws are seeded, so the same samples give the same interval. None when a series is empty.
+pub fn resampled_interval(series: &[&Samples], statistic: impl Fn(&[Samples]) -> f64) -> Option<(f64, f64)> {
+    if series.iter().any(|s| s.0.is_empty()) {
+        return None;
+    }
+    let mut rng = SmallRng::seed_from_u64(19);
+    let mut values: Vec<f64> = (0..RESAMPLINGS)
+        .map(|_| {
+            let drawn: Vec<Samples> = series
+                .iter()
+                .map(|s| Samples((0..s.0.len()).map(|_| s.0[rng.random_range(0..s.0.len())]).collect()))
+                .collect();
+            statistic(&drawn)
+        })
+        .collect();
+    values.sort_by(f64::total_cmp);
+    Some((values[RESAMPLINGS / 40], values[RESAMPLINGS - RESAMPLINGS / 40 - 1]))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -53,5 +79,20 @@ mod tests {
     fn paired_sum_adds_runs_of_the_same_pod() {
         let sum = Samples(vec![1.0, 2.0]).paired_sum(&Samples(vec![10.0, 20.0]));
         assert_eq!(sum.0, vec![11.0, 22.0]);
+    }
+
+    #[test]
+    fn resampled_interval_brackets_the_statistic() {
+        let flat = Samples(vec![2.0; 50]);
+        assert_eq!(resampled_interval(&[&flat], |s| s[0].median()), Some((2.0, 2.0)));
+        // Two series drawn from the same values: their medians' difference is about 0, either way.
+        let a = Samples((0..100).map(|i| f64::from(i % 10)).collect());
+        let b = Samples((0..100).map(|i| f64::from((i * 7) % 10)).collect());
+        let (low, high) = resampled_interval(&[&a, &b], |s| s[0].median() - s[1].median()).unwrap();
+        assert!(low < 0.0 && high > 0.0, "{low}..{high}");
+        let shifted = Samples(a.0.iter().map(|x| x + 20.0).collect());
+        let (low, _) = resampled_interval(&[&shifted, &b], |s| s[0].median() - s[1].median()).unwrap();
+        assert!(low > 10.0, "{low}");
+        assert_eq!(resampled_interval(&[&a, &Samples::default()], |s| s[0].median()), None);
     }
 }
