@@ -3,7 +3,7 @@
 
 use crate::pod::PodNetns;
 use crate::setups::{Added, Subject};
-use crate::stats::Samples;
+use crate::stats::{round_order, Samples};
 use integration::Netns;
 use std::collections::BTreeMap;
 
@@ -47,9 +47,7 @@ pub fn run(chains: &[&dyn Subject], levels: &[usize], samples: usize) -> Vec<Vec
             })
             .collect();
         for s in 0..samples {
-            // Rotating, as in latency.rs.
-            for k in 0..nodes.len() {
-                let j = (s + k) % nodes.len();
+            for j in round_order(s, nodes.len()) {
                 let (node, level) = (&nodes[j], &mut levels[j]);
                 let (pod, id) = (PodNetns::new(), format!("extra-{live}-{s}"));
                 let (add, added) = node.chain.add(&node.netns, &id, &pod);

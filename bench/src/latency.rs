@@ -1,9 +1,10 @@
-//! ADD and DEL latency of each subject, interleaved (A B C, B C A, …) so that machine drift hits all alike.
+//! ADD and DEL latency of each subject, interleaved in an order shuffled each round, so that machine drift and what
+//! ran just before hit all alike.
 //! Each subject has its own node netns; every sample is a fresh pod netns, added then deleted.
 
 use crate::pod::PodNetns;
 use crate::setups::Subject;
-use crate::stats::Samples;
+use crate::stats::{round_order, Samples};
 use integration::Netns;
 
 pub struct Latency {
@@ -19,10 +20,9 @@ pub fn run(subjects: &[&dyn Subject], samples: usize, warmup: usize) -> Vec<Late
     let mut out: Vec<Latency> =
         subjects.iter().map(|_| Latency { add: Samples::default(), del: Samples::default() }).collect();
     for i in 0..warmup + samples {
-        // The order rotates: a veth delete waits for every RCU callback queued before it, so whoever runs
-        // right after a chain that churns iptables would otherwise always pay for it.
-        for k in 0..subjects.len() {
-            let j = (i + k) % subjects.len();
+        // A veth delete waits for every RCU callback queued before it, so whoever always ran right after a chain
+        // that churns iptables would always pay for it: the order is shuffled each round.
+        for j in round_order(i, subjects.len()) {
             let (subject, node, lat) = (subjects[j], &nodes[j], &mut out[j]);
             let pod = PodNetns::new();
             let id = format!("lat-{i}");
