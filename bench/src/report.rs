@@ -107,7 +107,8 @@ impl Report<'_> {
                 aims.push(Aim {
                     what: format!(
                         "the chain's ADD grows no more than the floor's ({levels} live pods): what it grows beyond \
-                         the floor's growth, 95% resampled interval, stays under 10% of its ADD at the first level"
+                         the floor's growth, 95% resampled interval, stays under {:.0}% of its ADD at the first level",
+                        GROWTH_MARGIN * 100.0
                     ),
                     measured: format!(
                         "{add:+.2} ms against the floor's {floor_add:+.2} ms: {:+.2} ms beyond it, 95% interval \
