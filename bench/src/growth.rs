@@ -1,5 +1,6 @@
 //! Cost growth: ADD and DEL latency of one more pod on a node that already has 1, 100, 500, 1000… live pods,
-//! for each chain and for the floor (nodes side by side, samples interleaved), and the nftables rules at each level.
+//! for each chain and for the floor (nodes side by side, the compared ones' samples interleaved), and the nftables
+//! rules at each level.
 
 use crate::pod::PodNetns;
 use crate::setups::{Added, Subject};
@@ -22,10 +23,23 @@ struct Node<'a> {
     pods: Vec<(PodNetns, String, Added)>,
 }
 
-pub fn run(chains: &[&dyn Subject], levels: &[usize], samples: usize) -> Vec<Vec<Level>> {
-    let mut nodes: Vec<Node> =
-        chains.iter().map(|c| Node { chain: *c, netns: Netns::new(), pods: Vec::new() }).collect();
-    let mut out: Vec<Vec<Level>> = chains.iter().map(|_| Vec::new()).collect();
+/// Subjects measured together at each level: their samples interleave, in an order shuffled each round.
+pub struct Pass<'a> {
+    pub subjects: Vec<&'a dyn Subject>,
+    pub samples: usize,
+}
+
+/// Each pass's subjects' levels, in the order of the passes and their subjects. At each level every subject is
+/// brought to that many live pods, then the passes sample one after the other: a subject only for comparison (the
+/// reference's, whose iptables work at 1000 pods slows whatever runs next by 0.4–0.5 ms) goes in a pass of its
+/// own, so that it adds nothing to the spread of the ones compared.
+pub fn run(passes: &[Pass], levels: &[usize]) -> Vec<Vec<Level>> {
+    let mut nodes: Vec<Node> = passes
+        .iter()
+        .flat_map(|p| &p.subjects)
+        .map(|c| Node { chain: *c, netns: Netns::new(), pods: Vec::new() })
+        .collect();
+    let mut out: Vec<Vec<Level>> = nodes.iter().map(|_| Vec::new()).collect();
     for &live in levels {
         for node in nodes.iter_mut() {
             while node.pods.len() < live {
@@ -46,14 +60,19 @@ pub fn run(chains: &[&dyn Subject], levels: &[usize], samples: usize) -> Vec<Vec
                 calls: BTreeMap::new(),
             })
             .collect();
-        for s in 0..samples {
-            for j in round_order(s, nodes.len()) {
-                let (node, level) = (&nodes[j], &mut levels[j]);
-                let (pod, id) = (PodNetns::new(), format!("extra-{live}-{s}"));
-                let (add, added) = node.chain.add(&node.netns, &id, &pod);
-                level.add.push(add);
-                level.del.push(node.chain.del(&node.netns, &id, &pod, &added));
+        let mut first = 0;
+        for pass in passes {
+            let members = first..first + pass.subjects.len();
+            for s in 0..pass.samples {
+                for j in round_order(s, members.len()).into_iter().map(|k| members.start + k) {
+                    let (node, level) = (&nodes[j], &mut levels[j]);
+                    let (pod, id) = (PodNetns::new(), format!("extra-{live}-{s}"));
+                    let (add, added) = node.chain.add(&node.netns, &id, &pod);
+                    level.add.push(add);
+                    level.del.push(node.chain.del(&node.netns, &id, &pod, &added));
+                }
             }
+            first = members.end;
         }
         for ((series, mut level), node) in out.iter_mut().zip(levels).zip(&nodes) {
             level.calls = node.chain.take_calls();
