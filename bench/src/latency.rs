@@ -20,8 +20,8 @@ pub fn run(subjects: &[&dyn Subject], samples: usize, warmup: usize) -> Vec<Late
     let mut out: Vec<Latency> =
         subjects.iter().map(|_| Latency { add: Samples::default(), del: Samples::default() }).collect();
     for i in 0..warmup + samples {
-        // A veth delete waits for every RCU callback queued before it, so whoever always ran right after a chain
-        // that churns iptables would always pay for it: the order is shuffled each round.
+        // A veth delete waits for every RCU callback queued before it: in a fixed order, whoever runs right after a
+        // chain that churns iptables would always pay for it, so the order is shuffled each round.
         for j in round_order(i, subjects.len()) {
             let (subject, node, lat) = (subjects[j], &nodes[j], &mut out[j]);
             let pod = PodNetns::new();

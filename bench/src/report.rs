@@ -162,7 +162,8 @@ impl Report<'_> {
             md,
             "Times are wall-clock milliseconds from spawning the first plugin of a chain to reaping the last, as a \
              runtime sees them, summed over the chain's plugins. Every subject has its own node netns; every sample \
-             is a fresh pod netns; subjects take turns sample by sample, in an order shuffled each round, so that drift and what ran just before hit all alike.\n"
+             is a fresh pod netns; subjects take turns sample by sample, in an order shuffled each round, so that \
+             drift and what ran just before hit all alike.\n"
         );
         let _ = writeln!(md, "Our plugins: `{}`.\n", self.bin_dir);
         let _ = writeln!(md, "## Aims\n\n| aim | measured | |\n|---|---|---|");

@@ -1,4 +1,4 @@
-//! Medians and percentiles of samples in milliseconds.
+//! Medians, percentiles and resampled intervals of samples in milliseconds, and the order subjects take turns in.
 
 use rand::rngs::SmallRng;
 use rand::seq::SliceRandom;
