@@ -65,9 +65,14 @@ impl Report<'_> {
         Some((self.latency_of(ours)?.add.median(), self.latency_of(reference)?.add.median()))
     }
 
+    /// The levels of growth subject `key`.
+    fn growth_series(&self, key: &str) -> Option<&[Level]> {
+        self.growth.iter().find(|(k, _, _)| *k == key).map(|(_, _, levels)| levels.as_slice())
+    }
+
     /// (ADD, DEL) growth of the medians from the first level to the last, and DEL at the first level.
     fn growth_of(&self, key: &str) -> Option<(f64, f64, f64)> {
-        let series = &self.growth.iter().find(|(k, _, _)| *k == key)?.2;
+        let series = self.growth_series(key)?;
         let (first, last) = (series.first()?, series.last()?);
         let (add, del) = (last.add.median() - first.add.median(), last.del.median() - first.del.median());
         (series.len() > 1).then_some((add, del, first.del.median()))
@@ -77,7 +82,7 @@ impl Report<'_> {
     /// floor's does, and the chain's median ADD at the first level.
     fn add_growth_beyond_floor(&self) -> Option<((f64, f64), f64)> {
         let ends = |key: &str| {
-            let series = &self.growth.iter().find(|(k, _, _)| *k == key)?.2;
+            let series = self.growth_series(key)?;
             Some((&series.first()?.add, &series.last()?.add))
         };
         let ((ours_first, ours_last), (floor_first, floor_last)) = (ends("ours_chain")?, ends("floor")?);
