@@ -127,7 +127,9 @@ RELEASE_BIN := target/$(TRIPLE)/dist
 # Linked with build/hot-text.ld: the code the plugins run on their calls, side by side at the start of .text, so that
 # a call maps a few 64 KiB windows of it rather than every one (`make hot-text` writes it from the current code).
 HOT_TEXT := build/hot-text.ld
-RELEASE_RUSTFLAGS := -C relocation-model=static -C link-arg=-Wl,-T,$(CURDIR)/$(HOT_TEXT)
+# And with build/arena-last.ld: the allocator's 8 MiB region after the few variables libc and std write at every start.
+RELEASE_RUSTFLAGS := -C relocation-model=static -C link-arg=-Wl,-T,$(CURDIR)/$(HOT_TEXT) \
+	-C link-arg=-Wl,-T,$(CURDIR)/build/arena-last.ld
 release-bins: deps
 	@rustup target list --installed | grep -qx $(TRIPLE) || rustup target add $(TRIPLE)
 	RUSTFLAGS="$(RELEASE_RUSTFLAGS)" cargo build --profile dist --locked --target $(TRIPLE) \

@@ -58,6 +58,11 @@ fn the_release_tarball_holds_static_stripped_plugins_the_conflists_and_the_licen
         assert!(headers.contains("EXEC"), "{plugin} is not a fixed-address executable:\n{headers}");
         let sections = run(Command::new("readelf").args(["--section-headers", "--wide"]).arg(&bin));
         assert!(!sections.contains(".symtab"), "{plugin} is not stripped");
+        // build/arena-last.ld placed the allocator's region after the variables written at every start.
+        if plugin != "cni-chain" {
+            let last_bss = sections.lines().rfind(|l| l.contains(" NOBITS ") && !l.contains(".tbss"));
+            assert!(last_bss.is_some_and(|l| l.contains(".bss.arena")), "{plugin}'s arena is not last:\n{sections}");
+        }
     }
 }
 
