@@ -92,6 +92,11 @@ impl GroupMasq<'_> {
     /// concurrent last DEL just pruned comes back whole) and adds the members.
     pub fn add(&self, nft: &mut Nft, tag: &str, ips: &[IpAddr]) -> Result<()> {
         check_tag(tag)?;
+        // An ADD run again changes nothing. Another group's set cannot hold these addresses then: every ADD that
+        // places an address takes it out of the other sets in the same commit.
+        if self.members_in_place(nft, tag, ips)? && self.is_current(nft)? {
+            return Ok(());
+        }
         let members = self.members(nft, tag, ips)?;
         if self.is_current(nft)? && apply_members(nft, &members, "adding the group's members") {
             return Ok(());
@@ -107,6 +112,18 @@ impl GroupMasq<'_> {
             .add_rule(self.table, &chain, self.rule(), &self.tag())
             .append(members);
         nft.apply(&b, "installing the group masquerade rule")
+    }
+
+    /// Whether each of `ips` is already a member for attachment `tag`, in its family's set of this group.
+    fn members_in_place(&self, nft: &mut Nft, tag: &str, ips: &[IpAddr]) -> Result<bool> {
+        let chain = self.chain();
+        for ip in ips {
+            let element = nft.element(self.table, &member_set_of(&chain, *ip), *ip)?;
+            if element.and_then(|e| e.comment).as_deref() != Some(tag) {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     /// The batch that makes `ips` the attachment's members, taking over any a leaked attachment holds.

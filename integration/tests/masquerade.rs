@@ -388,3 +388,26 @@ fn group_add_takes_over_an_address_a_leaked_member_holds() {
     chain.del(&s.node, "p0", pods[0].path(), Some(&r0));
     assert!(!s.node.has_nft_table("cni_chain"), "{}", s.node.nft(&["list", "ruleset"]));
 }
+
+/// The group mode's ADD run again finds its member and the rule in place and changes nothing (no handle is new); an
+/// ADD with another pod group moves the member to that group's set, and back.
+#[test]
+fn group_add_run_again_changes_nothing_and_a_changed_group_moves_the_member() {
+    let (node, pod) = (Netns::new(), Netns::new());
+    let member = |group: u32| {
+        let held = node.nft_elements(&format!("masq_group_{group}_v4"));
+        held.iter().any(|(k, c)| k == "10.70.0.2" && c == "cni-chain:masquerade:masqnet:a1/eth0")
+    };
+    let add = |group: u32| {
+        let conf = masq_conf(json!({"mode": "group", "podGroup": group}), &["10.70.0.2/24".into()]);
+        Call::new("masquerade", "ADD", "a1", pod.path()).run(&node, &conf).ok();
+    };
+    add(8);
+    let before = node.nft(&["--handle", "list", "ruleset"]);
+    add(8);
+    assert_eq!(node.nft(&["--handle", "list", "ruleset"]), before, "an ADD run again changed the ruleset");
+    add(9);
+    assert!(member(9) && !member(8), "{}", node.nft(&["list", "ruleset"]));
+    add(8);
+    assert!(member(8) && !member(9), "{}", node.nft(&["list", "ruleset"]));
+}
