@@ -6,7 +6,7 @@ use crate::types::{Attachment, CniResult, Dns};
 use crate::version::CniVersion;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct IpamConf {
@@ -43,13 +43,16 @@ pub struct NetConf {
     pub log_level: Option<String>,
 }
 
-/// The config as read from stdin: typed common part plus the raw bytes for plugin-specific keys. Both are
+/// The config as read from stdin: typed common part plus the parsed keys for plugin-specific ones. Both are
 /// read with Go's `encoding/json` rules (`gojson`), as the reference plugins read them.
 #[derive(Debug, Clone)]
 pub struct Config {
     pub net: NetConf,
     pub version: CniVersion,
     raw: Vec<u8>,
+    /// The top-level object without `prevResult` (kept in `net`): each plugin's view is decoded from it, not
+    /// from the bytes again, and the previous result, the largest part, is neither copied nor decoded twice.
+    keys: Map<String, Value>,
     /// Top-level keys the common part does not take, with the common part's own keys.
     beyond_common: Vec<UnknownKey>,
 }
@@ -61,14 +64,21 @@ const RUNTIME_SECTIONS: [&str; 2] = ["runtimeConfig", "args"];
 
 impl Config {
     pub fn parse(raw: Vec<u8>) -> Result<Self> {
-        let (net, unknown): (NetConf, _) =
-            gojson::from_slice(&raw).map_err(|e| CniError::Decode(format!("network config: {e}")))?;
+        let decode_error = |e: serde_json::Error| CniError::Decode(format!("network config: {e}"));
+        let mut keys = match serde_json::from_slice(&raw).map_err(decode_error)? {
+            Value::Object(keys) => keys,
+            // Refused as Go refuses it, with the same words.
+            other => return Err(decode_error(gojson::from_value::<NetConf>(other).err().unwrap_or_else(not_object))),
+        };
+        let prev_result = take_prev_result(&mut keys);
+        let (mut net, unknown): (NetConf, _) = gojson::from_value(Value::Object(keys.clone())).map_err(decode_error)?;
+        net.prev_result = prev_result;
         let version = CniVersion::parse(&net.cni_version)?;
         if !net.name.is_empty() {
             validate_network_name(&net.name)?;
         }
         let beyond_common = unknown.into_iter().filter(|u| u.path.len() == 1).collect();
-        Ok(Config { net, version, raw, beyond_common })
+        Ok(Config { net, version, raw, keys, beyond_common })
     }
 
     /// The plugin's own view of the same config. Keys neither it nor the common part takes are accepted, as
@@ -84,8 +94,8 @@ impl Config {
     }
 
     fn decode<T: DeserializeOwned>(&self, report: impl Fn(&UnknownKey) -> bool) -> Result<T> {
-        let (conf, unknown) =
-            gojson::from_slice(&self.raw).map_err(|e| CniError::Decode(format!("{} config: {e}", self.net.kind)))?;
+        let (conf, unknown) = gojson::from_value(Value::Object(self.keys.clone()))
+            .map_err(|e| CniError::Decode(format!("{} config: {e}", self.net.kind)))?;
         let runtime_given = |k: &UnknownKey| k.path.len() > 1 && RUNTIME_SECTIONS.contains(&k.path[0].as_str());
         for key in unknown.iter().filter(|k| report(k) && !runtime_given(k)) {
             let top_level = key.path.len() == 1;
@@ -108,7 +118,7 @@ impl Config {
 
     /// A few of the plugin's keys, for a verb that needs no more (DEL): the other keys are not reported.
     pub fn plugin_part<T: DeserializeOwned>(&self) -> Result<T> {
-        gojson::from_slice(&self.raw)
+        gojson::from_value(Value::Object(self.keys.clone()))
             .map(|(part, _)| part)
             .map_err(|e| CniError::Decode(format!("{} config: {e}", self.net.kind)))
     }
@@ -138,6 +148,28 @@ impl Config {
     pub fn valid_attachments(&self) -> Vec<Attachment> {
         self.net.valid_attachments.clone().or_else(|| self.net.attachments.clone()).unwrap_or_default()
     }
+}
+
+/// `prevResult` taken out of the top-level keys as Go would fill the field: its name in any case, the last
+/// of several winning, `null` for none.
+fn take_prev_result(keys: &mut Map<String, Value>) -> Option<Value> {
+    const FIELD: &str = "prevResult";
+    if !keys.keys().any(|k| k.eq_ignore_ascii_case(FIELD)) {
+        return None;
+    }
+    let mut found = None;
+    for (key, value) in std::mem::take(keys) {
+        if key.eq_ignore_ascii_case(FIELD) {
+            found = Some(value);
+        } else {
+            keys.insert(key, value);
+        }
+    }
+    found.filter(|v| !v.is_null())
+}
+
+fn not_object() -> serde_json::Error {
+    serde::de::Error::custom("a network config is a JSON object")
 }
 
 /// Network names become file and table names: the spec's character set, nothing that can walk a path.
@@ -190,6 +222,23 @@ mod tests {
         .unwrap();
         let paths: Vec<&Vec<String>> = c.beyond_common.iter().map(|u| &u.path).collect();
         assert_eq!(paths, [&vec!["unknown.key".to_string()]]);
+    }
+
+    #[test]
+    fn prev_result_is_taken_out_as_go_fills_the_field() {
+        let c = Config::parse(
+            br#"{"cniVersion":"1.0.0","name":"n","PREVRESULT":{"ips":[]},"mtu":1,
+            "prevResult":{"cniVersion":"1.0.0","ips":[{"address":"10.0.0.2/24"}]},"type":"x"}"#
+                .to_vec(),
+        )
+        .unwrap();
+        assert_eq!(c.require_prev_result().unwrap().ips.len(), 1, "the last of several wins");
+        let rest: Vec<&str> = c.keys.keys().map(String::as_str).collect();
+        assert_eq!(rest, ["cniVersion", "name", "mtu", "type"]);
+        assert!(c.beyond_common.iter().all(|u| u.path != ["prevResult"]));
+        let c = Config::parse(br#"{"cniVersion":"1.0.0","prevResult":{"ips":[]},"prevresult":null}"#.to_vec());
+        assert!(c.unwrap().prev_result().unwrap().is_none(), "a null given last is none");
+        assert_eq!(Config::parse(b"[1]".to_vec()).unwrap_err().code(), 6);
     }
 
     #[test]
