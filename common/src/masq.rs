@@ -94,10 +94,12 @@ impl GroupMasq<'_> {
         check_tag(tag)?;
         // An ADD run again changes nothing. Another group's set cannot hold these addresses then: every ADD that
         // places an address takes it out of the other sets in the same commit.
-        if self.members_in_place(nft, tag, ips)? && self.is_current(nft)? {
+        let own = self.own_set_elements(nft, ips)?;
+        let in_place = own.iter().all(|e| e.as_ref().and_then(|e| e.comment.as_deref()) == Some(tag));
+        if in_place && self.is_current(nft)? {
             return Ok(());
         }
-        let members = self.members(nft, tag, ips)?;
+        let members = self.members(nft, tag, ips, own)?;
         if self.is_current(nft)? && apply_members(nft, &members, "adding the group's members") {
             return Ok(());
         }
@@ -114,20 +116,15 @@ impl GroupMasq<'_> {
         nft.apply(&b, "installing the group masquerade rule")
     }
 
-    /// Whether each of `ips` is already a member for attachment `tag`, in its family's set of this group.
-    fn members_in_place(&self, nft: &mut Nft, tag: &str, ips: &[IpAddr]) -> Result<bool> {
+    /// Each of `ips` as its family's member set of this group holds it, if it does.
+    fn own_set_elements(&self, nft: &mut Nft, ips: &[IpAddr]) -> Result<Vec<Option<Element>>> {
         let chain = self.chain();
-        for ip in ips {
-            let element = nft.element(self.table, &member_set_of(&chain, *ip), *ip)?;
-            if element.and_then(|e| e.comment).as_deref() != Some(tag) {
-                return Ok(false);
-            }
-        }
-        Ok(true)
+        ips.iter().map(|ip| nft.element(self.table, &member_set_of(&chain, *ip), *ip)).collect()
     }
 
-    /// The batch that makes `ips` the attachment's members, taking over any a leaked attachment holds.
-    fn members(&self, nft: &mut Nft, tag: &str, ips: &[IpAddr]) -> Result<Batch> {
+    /// The batch that makes `ips` the attachment's members, taking over any a leaked attachment holds. `own` is
+    /// what `own_set_elements` found, not asked again.
+    fn members(&self, nft: &mut Nft, tag: &str, ips: &[IpAddr], mut own: Vec<Option<Element>>) -> Result<Batch> {
         let chain = self.chain();
         let [v4, v6] = member_sets(&chain);
         let mut b = Batch::new();
@@ -136,11 +133,13 @@ impl GroupMasq<'_> {
         // Each member set of the family is asked for the pod's addresses: the cost does not grow with the pods.
         for set in nft.sets(self.table)?.into_iter().filter(|s| group_chain_of_set(s).is_some()) {
             let mut stale = Vec::new();
-            for ip in ips.iter().filter(|ip| set.ends_with(if ip.is_ipv6() { "_v6" } else { "_v4" })) {
-                match nft.element(self.table, &set, *ip)? {
-                    Some(e) if e.comment.as_deref() == Some(tag) && set == member_set_of(&chain, *ip) => {
-                        in_place.push(*ip)
-                    }
+            for (i, ip) in
+                ips.iter().enumerate().filter(|(_, ip)| set.ends_with(if ip.is_ipv6() { "_v6" } else { "_v4" }))
+            {
+                let own_set = set == member_set_of(&chain, *ip);
+                let element = if own_set { own[i].take() } else { nft.element(self.table, &set, *ip)? };
+                match element {
+                    Some(e) if e.comment.as_deref() == Some(tag) && own_set => in_place.push(*ip),
                     Some(_) => stale.push(*ip),
                     None => {}
                 }
