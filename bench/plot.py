@@ -21,6 +21,10 @@ def main(results_path, png_path):
         for verb, marker, dash in (("add", "o", "-"), ("del", "s", "--")):
             medians = [level[verb]["median"] for level in series["levels"]]
             lat.plot(live, medians, dash, marker=marker, color=color, label=f"{short} {verb.upper()}")
+        # A twin kept at the first level, sampled in the same turns: what the growth is read against.
+        if all(level.get("alongside") for level in series["levels"]):
+            kept = [level["alongside"]["add"]["median"] for level in series["levels"]]
+            lat.plot(live, kept, ":", marker=".", color=color, label=f"{short} ADD, twin at {live[0]} pod(s)")
         rules.plot(live, [level["rules"] for level in series["levels"]], "-o", color=color, label=series["label"])
     lat.set_xlabel("live pods on the node")
     lat.set_ylabel("median latency of one more pod (ms)")

@@ -92,12 +92,22 @@ fn main() {
     let start = start::run(opts.samples, 3);
 
     eprintln!("growth: {:?} live pods", opts.levels);
-    // The chain and the floor, whose growths the aim compares, interleaved; the reference in a pass of its own.
+    // The chain and the floor, whose growths the aim compares, interleaved with twins of theirs kept at the first
+    // level; the reference in a pass of its own.
     let compared: [(&str, &dyn Subject); 2] = [("ours_chain", &ours_chain), ("floor", &floor)];
+    let (twin_chain, twin_floor) = (Chain::ours_chain(), Floor::default());
     let context: [(&str, &dyn Subject); 1] = [("ref_ptp_masq", &ref_masq)];
     let passes = [
-        growth::Pass { subjects: compared.iter().map(|(_, s)| *s).collect(), samples: opts.growth_samples },
-        growth::Pass { subjects: context.iter().map(|(_, s)| *s).collect(), samples: opts.samples },
+        growth::Pass {
+            subjects: compared.iter().map(|(_, s)| *s).collect(),
+            samples: opts.growth_samples,
+            alongside: vec![&twin_chain, &twin_floor],
+        },
+        growth::Pass {
+            subjects: context.iter().map(|(_, s)| *s).collect(),
+            samples: opts.samples,
+            alongside: Vec::new(),
+        },
     ];
     let growing: Vec<(&str, &dyn Subject)> = compared.into_iter().chain(context).collect();
     let growth = growth::run(&passes, &opts.levels);
