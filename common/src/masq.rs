@@ -96,11 +96,12 @@ impl GroupMasq<'_> {
         // places an address takes it out of the other sets in the same commit.
         let own = self.own_set_elements(nft, ips)?;
         let in_place = own.iter().all(|e| e.as_ref().and_then(|e| e.comment.as_deref()) == Some(tag));
-        if in_place && self.is_current(nft)? {
+        let current = self.is_current(nft)?;
+        if in_place && current {
             return Ok(());
         }
         let members = self.members(nft, tag, ips, own)?;
-        if self.is_current(nft)? && apply_members(nft, &members, "adding the group's members") {
+        if current && apply_members(nft, &members, "adding the group's members") {
             return Ok(());
         }
         let chain = self.chain();
