@@ -28,6 +28,8 @@ struct Options {
     samples: usize,
     levels: Vec<usize>,
     growth_samples: usize,
+    /// Per probe of the start costs (ours and the bare starts; the reference's take `samples`).
+    start_samples: usize,
 }
 
 fn options() -> Options {
@@ -36,11 +38,11 @@ fn options() -> Options {
     let out =
         args.iter().position(|a| a == "--out").and_then(|i| args.get(i + 1)).map_or("bench".into(), PathBuf::from);
     let mut opts = if quick {
-        Options { out, samples: 10, levels: vec![1, 50], growth_samples: 5 }
+        Options { out, samples: 10, levels: vec![1, 50], growth_samples: 5, start_samples: 10 }
     } else {
         // The growth aim's interval for the chain's growth beyond the floor's spanned about ±0.35 ms at 60 samples a
         // level, ±0.2 ms at 150, and ±0.12 ms at 300 with the reference sampled apart, against about 0.3 ms allowed.
-        Options { out, samples: 60, levels: vec![1, 100, 500, 1000], growth_samples: 300 }
+        Options { out, samples: 60, levels: vec![1, 100, 500, 1000], growth_samples: 300, start_samples: 300 }
     };
     if let Some(levels) = args.iter().position(|a| a == "--levels").and_then(|i| args.get(i + 1)) {
         opts.levels = levels.split(',').map(|n| n.parse().expect("--levels 1,100,500")).collect();
@@ -89,7 +91,7 @@ fn main() {
     }
 
     eprintln!("start costs: VERSION of each plugin against a bare static executable");
-    let start = start::run(opts.samples, 3);
+    let start = start::run(opts.start_samples, opts.samples, 3);
 
     eprintln!("growth: {:?} live pods", opts.levels);
     // The chain and the floor, whose growths the aim compares, interleaved with twins of theirs kept at the first

@@ -226,7 +226,7 @@ impl Report<'_> {
             );
         }
         let bare = self.bare_start();
-        let _ = writeln!(md, "\n### Per plugin\n\nEach plugin's own calls in the chains above (ms; ptp's include its host-local, run in ptp's own process when it is ours of the same build), then VERSION alone and the chain's linkgroup and masquerade ADD run again on a pod that has had them (its group set, its member element in place), which change nothing; each against the start of a bare static executable linked against musl as ours are (a C `main` that returns, `musl-gcc -static`: {bare:.2} ms here). The same `main` linked by `gcc -static` (glibc) is the last row.\n");
+        let _ = writeln!(md, "\n### Per plugin\n\nEach plugin's own calls in the chains above (ms; ptp's include its host-local, run in ptp's own process when it is ours of the same build), then VERSION alone and the chain's linkgroup and masquerade ADD run again on a pod that has had them (its group set, its member element in place), which change nothing; each against the start of a bare static executable linked against musl as ours are (a C `main` that returns, `musl-gcc -static`: {bare:.2} ms here). The same `main` linked by `gcc -static` (glibc) is the last row. Ours and the bare starts take turns; the reference's VERSION after them, apart: Go executables run among them slowed ours by 0.03–0.05 ms and the bare start by 0.01 at most.\n");
         let _ =
             writeln!(md, "| plugin and verb | n | median | p95 | above a bare static start |\n|---|---|---|---|---|");
         let versions = self.start.iter().filter(|(n, _)| !n.starts_with("bare "));
