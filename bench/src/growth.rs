@@ -21,7 +21,6 @@ pub struct Level {
 
 /// One more pod's ADD and DEL on a node kept at the first level. The levels are sampled one after the other, so a
 /// drift of the machine's speed between them shows as growth; against this node, sampled in the same turns, it cancels.
-#[derive(Default)]
 pub struct Alongside {
     pub add: Samples,
     pub del: Samples,

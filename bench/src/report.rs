@@ -295,10 +295,11 @@ impl Report<'_> {
             let _ = write!(md, "| {} |", twinned[0].2[i].live);
             let mut growths = Vec::new();
             for (_, _, series) in &twinned {
-                let (l, kept) = (&series[i], series[i].alongside.as_ref().map_or(&series[i].add, |k| &k.add));
-                let growth = l.add.median() - kept.median();
-                let del = series[i].alongside.as_ref().map_or(0.0, |k| l.del.median() - k.del.median());
-                let _ = write!(md, " {:.2} | {:.2} | {growth:+.2} | {del:+.2} |", l.add.median(), kept.median());
+                let l = &series[i];
+                let Some(kept) = &l.alongside else { continue };
+                let growth = l.add.median() - kept.add.median();
+                let del = l.del.median() - kept.del.median();
+                let _ = write!(md, " {:.2} | {:.2} | {growth:+.2} | {del:+.2} |", l.add.median(), kept.add.median());
                 growths.push(growth);
             }
             let at = |key: &str| twinned.iter().position(|(k, _, _)| *k == key).map(|j| growths[j]);
