@@ -70,11 +70,11 @@ impl Report<'_> {
         self.growth.iter().find(|(k, _, _)| *k == key).map(|(_, _, levels)| levels.as_slice())
     }
 
-    /// (ADD, DEL) growth of the medians from the first level to the last, the levels sampled one after the other.
-    fn growth_of(&self, key: &str) -> Option<(f64, f64)> {
+    /// ADD growth of the medians from the first level to the last, the levels sampled one after the other.
+    fn add_growth_one_after_another(&self, key: &str) -> Option<f64> {
         let series = self.growth_series(key)?;
         let (first, last) = (series.first()?, series.last()?);
-        (series.len() > 1).then(|| (last.add.median() - first.add.median(), last.del.median() - first.del.median()))
+        (series.len() > 1).then(|| last.add.median() - first.add.median())
     }
 
     /// (ADD, DEL) growth at the last level against its twin kept at the first level, sampled in the same turns.
@@ -117,10 +117,11 @@ impl Report<'_> {
         ) {
             let live: Vec<String> = self.growth[0].2.iter().map(|l| l.live.to_string()).collect();
             let (one, all) = (live.first().cloned().unwrap_or_default(), live.last().cloned().unwrap_or_default());
-            let one_by_one = match (self.growth_of("ours_chain"), self.growth_of("floor")) {
-                (Some((a, _)), Some((f, _))) => format!("; levels one after the other: {a:+.2} against {f:+.2} ms"),
-                _ => String::new(),
-            };
+            let one_by_one =
+                match (self.add_growth_one_after_another("ours_chain"), self.add_growth_one_after_another("floor")) {
+                    (Some(a), Some(f)) => format!("; levels one after the other: {a:+.2} against {f:+.2} ms"),
+                    _ => String::new(),
+                };
             if let Some(((low, high), first_add)) = self.add_growth_beyond_floor() {
                 let margin = GROWTH_MARGIN * first_add;
                 aims.push(Aim {
